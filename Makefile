@@ -1,0 +1,45 @@
+# etcdconfig — every set-up step lives here; the README names these targets.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: install tools lint test test-unit test-integration test-e2e bench demo demo-down clean
+
+## install: a .venv with the package and every dev tool, plus the Go-built binaries (cached)
+install: $(BIN)/.installed tools
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+## tools: build etcd, kube-apiserver, kube-controller-manager and helm from Go modules (cached under ~/.cache/etcdconfig)
+tools: $(BIN)/.installed
+	$(BIN)/python -m etcdconfig.devenv.build all
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check operator tests bench
+	$(BIN)/ruff format --check operator tests bench
+	$(BIN)/mypy
+
+## test: every tier (lint, unit, integration against real etcd, e2e against a real control plane)
+test: install lint
+	$(BIN)/pytest tests
+
+test-unit: $(BIN)/.installed
+	$(BIN)/pytest tests/unit
+
+test-integration: install
+	$(BIN)/pytest tests/integration
+
+test-e2e: install
+	$(BIN)/pytest tests/e2e
+
+## bench: run the benchmarks (figures are ratios against a baseline measured in the same run)
+bench: install
+	$(BIN)/python bench/store.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info operator/*.egg-info
