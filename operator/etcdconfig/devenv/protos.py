@@ -19,8 +19,11 @@ from pathlib import Path
 from etcdconfig.devenv.build import go_binary
 
 ETCD_API_VERSION = "v3.6.16"
-FILES = {"mvccpb/kv.proto": "kv.proto", "authpb/auth.proto": "auth.proto",
-         "etcdserverpb/rpc.proto": "rpc.proto"}
+FILES = {
+    "mvccpb/kv.proto": "kv.proto",
+    "authpb/auth.proto": "auth.proto",
+    "etcdserverpb/rpc.proto": "rpc.proto",
+}
 OUT = Path(__file__).resolve().parent.parent / "etcd" / "_pb"
 IMPORT_PREFIX = "etcdconfig/etcd/_pb/"
 
@@ -57,7 +60,9 @@ def _strip_options(text: str) -> str:
 def module_dir() -> Path:
     out = subprocess.run(
         [go_binary(), "mod", "download", "-json", f"go.etcd.io/etcd/api/v3@{ETCD_API_VERSION}"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return Path(json.loads(out.stdout)["Dir"])
 
@@ -72,10 +77,16 @@ def main() -> int:
             (dest / dst).write_text(_strip_options((src_root / src).read_text()))
         OUT.mkdir(parents=True, exist_ok=True)
         subprocess.run(
-            [sys.executable, "-m", "grpc_tools.protoc", f"-I{proto_root}",
-             f"--python_out={OUT.parent.parent.parent}", f"--pyi_out={OUT.parent.parent.parent}",
-             f"--grpc_python_out={OUT.parent.parent.parent}",
-             *[str(dest / d) for d in FILES.values()]],
+            [
+                sys.executable,
+                "-m",
+                "grpc_tools.protoc",
+                f"-I{proto_root}",
+                f"--python_out={OUT.parent.parent.parent}",
+                f"--pyi_out={OUT.parent.parent.parent}",
+                f"--grpc_python_out={OUT.parent.parent.parent}",
+                *[str(dest / d) for d in FILES.values()],
+            ],
             check=True,
         )
     (OUT / "__init__.py").write_text(

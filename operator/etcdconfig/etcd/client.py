@@ -1,0 +1,511 @@
+"""The etcd v3 client: ``grpc.aio`` over stubs generated from etcd's own protos.
+
+This is the only module that imports gRPC or the generated stubs. Rules:
+
+- no hidden retries of writes: gRPC's own retries are disabled, and a write
+  that fails with an unknown outcome raises ``EtcdUnavailable``;
+- reads (ranges, lease TTL queries) fail over to the next endpoint;
+- watches report compaction (``Compacted``) and cancellation instead of
+  silently ending;
+- TLS with client certificates and user/password auth (token in metadata,
+  re-authenticated when etcd says the token is no longer valid).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import grpc
+import grpc.aio
+
+from etcdconfig.errors import (
+    Compacted,
+    EtcdAuthError,
+    EtcdError,
+    EtcdPermissionDenied,
+    EtcdUnavailable,
+    LeaseNotFound,
+    RequestTooLarge,
+)
+from etcdconfig.etcd._pb import kv_pb2, rpc_pb2, rpc_pb2_grpc
+from etcdconfig.etcd.types import (
+    Compare,
+    DeleteRange,
+    Event,
+    KeyValue,
+    Put,
+    Range,
+    RangeResult,
+    TxnOp,
+    TxnResult,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Sequence
+    from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_TARGETS = {
+    "version": rpc_pb2.Compare.VERSION,
+    "create": rpc_pb2.Compare.CREATE,
+    "mod": rpc_pb2.Compare.MOD,
+    "value": rpc_pb2.Compare.VALUE,
+    "lease": rpc_pb2.Compare.LEASE,
+}
+_OPS = {
+    "=": rpc_pb2.Compare.EQUAL,
+    "!=": rpc_pb2.Compare.NOT_EQUAL,
+    "<": rpc_pb2.Compare.LESS,
+    ">": rpc_pb2.Compare.GREATER,
+}
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """PEM files for TLS: the CA that signed etcd's server certificate, and our client pair."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class EtcdSettings:
+    endpoints: Sequence[str] = ("127.0.0.1:2379",)
+    tls: TLSFiles | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    request_timeout: float = 5.0
+    connect_timeout: float = 5.0
+
+
+def _strip_scheme(endpoint: str) -> tuple[str, bool | None]:
+    for scheme, tls in (("https://", True), ("http://", False), ("unixs://", True)):
+        if endpoint.startswith(scheme):
+            return endpoint[len(scheme) :], tls
+    return endpoint, None
+
+
+def _kv(pb: Any) -> KeyValue:
+    return KeyValue(
+        key=bytes(pb.key),
+        value=bytes(pb.value),
+        create_revision=int(pb.create_revision),
+        mod_revision=int(pb.mod_revision),
+        version=int(pb.version),
+        lease=int(pb.lease),
+    )
+
+
+def _range_result(resp: Any) -> RangeResult:
+    return RangeResult(
+        kvs=tuple(_kv(kv) for kv in resp.kvs),
+        revision=int(resp.header.revision),
+        more=bool(resp.more),
+        count=int(resp.count),
+    )
+
+
+def _map_error(exc: grpc.aio.AioRpcError, what: str) -> EtcdError:
+    code = exc.code()
+    details = exc.details() or ""
+    text = f"etcd {what} failed: {details or code.name}"
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return EtcdUnavailable(text)
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return EtcdPermissionDenied(
+            f"{text} (the etcd user's role does not grant this key range; "
+            "grant readwrite on the configured prefix)"
+        )
+    if code == grpc.StatusCode.UNAUTHENTICATED or "authentication failed" in details:
+        return EtcdAuthError(f"{text} (check the etcd username and password)")
+    if code == grpc.StatusCode.OUT_OF_RANGE and "compacted" in details:
+        return Compacted(text)
+    if code == grpc.StatusCode.NOT_FOUND and "lease" in details:
+        return LeaseNotFound(text)
+    if code == grpc.StatusCode.INVALID_ARGUMENT and "too large" in details:
+        return RequestTooLarge(text)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return RequestTooLarge(text)
+    return EtcdError(text)
+
+
+def _compare_pb(c: Compare) -> Any:
+    pb = rpc_pb2.Compare(key=c.key, target=_TARGETS[c.target], result=_OPS[c.op])
+    if c.target == "version":
+        pb.version = int(c.value)
+    elif c.target == "create":
+        pb.create_revision = int(c.value)
+    elif c.target == "mod":
+        pb.mod_revision = int(c.value)
+    elif c.target == "lease":
+        pb.lease = int(c.value)
+    else:
+        assert isinstance(c.value, bytes)
+        pb.value = c.value
+    return pb
+
+
+def _op_pb(op: TxnOp) -> Any:
+    if isinstance(op, Put):
+        return rpc_pb2.RequestOp(
+            request_put=rpc_pb2.PutRequest(key=op.key, value=op.value, lease=op.lease)
+        )
+    if isinstance(op, DeleteRange):
+        return rpc_pb2.RequestOp(
+            request_delete_range=rpc_pb2.DeleteRangeRequest(
+                key=op.key, range_end=op.range_end or b""
+            )
+        )
+    return rpc_pb2.RequestOp(
+        request_range=rpc_pb2.RangeRequest(
+            key=op.key, range_end=op.range_end or b"", limit=op.limit
+        )
+    )
+
+
+class _Endpoint:
+    def __init__(self, address: str, creds: grpc.ChannelCredentials | None) -> None:
+        self.address = address
+        options = [
+            ("grpc.enable_retries", 0),
+            ("grpc.keepalive_time_ms", 10_000),
+            ("grpc.keepalive_timeout_ms", 5_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ]
+        if creds is not None:
+            self.channel = grpc.aio.secure_channel(address, creds, options=options)
+        else:
+            self.channel = grpc.aio.insecure_channel(address, options=options)
+        self.kv = rpc_pb2_grpc.KVStub(self.channel)
+        self.lease = rpc_pb2_grpc.LeaseStub(self.channel)
+        self.watch = rpc_pb2_grpc.WatchStub(self.channel)
+        self.auth = rpc_pb2_grpc.AuthStub(self.channel)
+        self.maintenance = rpc_pb2_grpc.MaintenanceStub(self.channel)
+        self.cluster = rpc_pb2_grpc.ClusterStub(self.channel)
+
+
+class EtcdClient:
+    """An asyncio etcd v3 client over one or more endpoints."""
+
+    def __init__(self, settings: EtcdSettings) -> None:
+        self.settings = settings
+        creds: grpc.ChannelCredentials | None = None
+        addresses = [_strip_scheme(e) for e in settings.endpoints]
+        if not addresses:
+            raise EtcdError("no etcd endpoints configured")
+        use_tls = settings.tls is not None or any(tls for _, tls in addresses)
+        if use_tls:
+            tls = settings.tls or TLSFiles()
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=tls.ca_file.read_bytes() if tls.ca_file else None,
+                private_key=tls.key_file.read_bytes() if tls.key_file else None,
+                certificate_chain=tls.cert_file.read_bytes() if tls.cert_file else None,
+            )
+        self._endpoints = [_Endpoint(addr, creds) for addr, _ in addresses]
+        self._current = 0
+        self._token: str | None = None
+        self._auth_lock = asyncio.Lock()
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    @property
+    def endpoint(self) -> _Endpoint:
+        return self._endpoints[self._current]
+
+    def _rotate(self) -> None:
+        self._current = (self._current + 1) % len(self._endpoints)
+
+    def _metadata(self) -> tuple[tuple[str, str], ...] | None:
+        return (("token", self._token),) if self._token else None
+
+    async def _authenticate(self) -> None:
+        if not self.settings.username:
+            return
+        async with self._auth_lock:
+            try:
+                resp = await self.endpoint.auth.Authenticate(
+                    rpc_pb2.AuthenticateRequest(
+                        name=self.settings.username, password=self.settings.password or ""
+                    ),
+                    timeout=self.settings.request_timeout,
+                )
+            except grpc.aio.AioRpcError as exc:
+                raise _map_error(exc, f"authentication as {self.settings.username!r}") from exc
+            self._token = str(resp.token)
+
+    async def _call(self, what: str, fn: Any, request: Any, *, idempotent: bool) -> Any:
+        """Run one unary call. Reads fail over across endpoints; writes never retry
+        unless etcd refused them before executing (stale auth token)."""
+        if self.settings.username and self._token is None:
+            await self._authenticate()
+        attempts = len(self._endpoints) if idempotent else 1
+        reauthed = False
+        last: grpc.aio.AioRpcError | None = None
+        i = 0
+        while i < attempts:
+            ep = self.endpoint
+            try:
+                return await fn(ep)(
+                    request, timeout=self.settings.request_timeout, metadata=self._metadata()
+                )
+            except grpc.aio.AioRpcError as exc:
+                last = exc
+                details = exc.details() or ""
+                if not reauthed and (
+                    "invalid auth token" in details or "auth token is invalid" in details
+                ):
+                    reauthed = True
+                    await self._authenticate()
+                    continue
+                if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    self._rotate()
+                    i += 1
+                    continue
+                raise _map_error(exc, what) from exc
+        assert last is not None
+        raise _map_error(last, what) from last
+
+    async def connect(self) -> None:
+        """Check that etcd answers (and authenticate): fail fast with the cause."""
+        await self._authenticate()
+        try:
+            await self.range(b"\0", limit=1, serializable=True)
+        except EtcdUnavailable as exc:
+            names = ", ".join(e.address for e in self._endpoints)
+            raise EtcdUnavailable(
+                f"cannot reach etcd at {names}: {exc} (is it running, and are TLS "
+                "settings and the CA right?)"
+            ) from exc
+
+    async def close(self) -> None:
+        for ep in self._endpoints:
+            await ep.channel.close()
+
+    async def __aenter__(self) -> EtcdClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- KV -------------------------------------------------------------------------------
+
+    async def range(
+        self,
+        key: bytes,
+        range_end: bytes | None = None,
+        *,
+        revision: int = 0,
+        limit: int = 0,
+        serializable: bool = False,
+        keys_only: bool = False,
+        count_only: bool = False,
+        descending: bool = False,
+        sort_by_create: bool = False,
+        max_create_revision: int = 0,
+    ) -> RangeResult:
+        req = rpc_pb2.RangeRequest(
+            key=key,
+            range_end=range_end or b"",
+            revision=revision,
+            limit=limit,
+            serializable=serializable,
+            keys_only=keys_only,
+            count_only=count_only,
+            sort_order=rpc_pb2.RangeRequest.DESCEND if descending else rpc_pb2.RangeRequest.ASCEND,
+            sort_target=rpc_pb2.RangeRequest.CREATE if sort_by_create else rpc_pb2.RangeRequest.KEY,
+            max_create_revision=max_create_revision,
+        )
+        resp = await self._call("range", lambda ep: ep.kv.Range, req, idempotent=True)
+        return _range_result(resp)
+
+    async def get(self, key: bytes, *, revision: int = 0) -> tuple[KeyValue | None, int]:
+        res = await self.range(key, revision=revision)
+        return (res.kvs[0] if res.kvs else None), res.revision
+
+    async def put(self, key: bytes, value: bytes, *, lease: int = 0) -> int:
+        req = rpc_pb2.PutRequest(key=key, value=value, lease=lease)
+        resp = await self._call("put", lambda ep: ep.kv.Put, req, idempotent=False)
+        return int(resp.header.revision)
+
+    async def delete_range(self, key: bytes, range_end: bytes | None = None) -> tuple[int, int]:
+        req = rpc_pb2.DeleteRangeRequest(key=key, range_end=range_end or b"")
+        resp = await self._call("delete", lambda ep: ep.kv.DeleteRange, req, idempotent=False)
+        return int(resp.deleted), int(resp.header.revision)
+
+    async def txn(
+        self,
+        compare: Sequence[Compare],
+        success: Sequence[TxnOp],
+        failure: Sequence[TxnOp] = (),
+    ) -> TxnResult:
+        req = rpc_pb2.TxnRequest(
+            compare=[_compare_pb(c) for c in compare],
+            success=[_op_pb(o) for o in success],
+            failure=[_op_pb(o) for o in failure],
+        )
+        resp = await self._call("transaction", lambda ep: ep.kv.Txn, req, idempotent=False)
+        ran = success if resp.succeeded else failure
+        out: list[RangeResult | None] = []
+        for op, r in zip(ran, resp.responses, strict=True):
+            out.append(_range_result(r.response_range) if isinstance(op, Range) else None)
+        return TxnResult(
+            succeeded=bool(resp.succeeded), revision=int(resp.header.revision), responses=tuple(out)
+        )
+
+    async def compact(self, revision: int, *, physical: bool = True) -> None:
+        req = rpc_pb2.CompactionRequest(revision=revision, physical=physical)
+        await self._call("compact", lambda ep: ep.kv.Compact, req, idempotent=True)
+
+    # --- leases ---------------------------------------------------------------------------
+
+    async def grant(self, ttl: int, lease_id: int = 0) -> tuple[int, int]:
+        req = rpc_pb2.LeaseGrantRequest(TTL=ttl, ID=lease_id)
+        resp = await self._call(
+            "lease grant", lambda ep: ep.lease.LeaseGrant, req, idempotent=False
+        )
+        if resp.error:
+            raise EtcdError(f"etcd lease grant failed: {resp.error}")
+        return int(resp.ID), int(resp.TTL)
+
+    async def revoke(self, lease_id: int) -> None:
+        req = rpc_pb2.LeaseRevokeRequest(ID=lease_id)
+        await self._call("lease revoke", lambda ep: ep.lease.LeaseRevoke, req, idempotent=True)
+
+    async def time_to_live(self, lease_id: int) -> int:
+        """Remaining TTL in seconds; -1 when the lease no longer exists."""
+        req = rpc_pb2.LeaseTimeToLiveRequest(ID=lease_id)
+        resp = await self._call(
+            "lease ttl", lambda ep: ep.lease.LeaseTimeToLive, req, idempotent=True
+        )
+        return int(resp.TTL)
+
+    def keepalive(self) -> KeepAliveStream:
+        return KeepAliveStream(self)
+
+    # --- watch ----------------------------------------------------------------------------
+
+    async def watch(
+        self,
+        key: bytes,
+        range_end: bytes | None = None,
+        *,
+        start_revision: int = 0,
+        prev_kv: bool = False,
+        no_put: bool = False,
+        no_delete: bool = False,
+    ) -> AsyncIterator[tuple[int, list[Event]]]:
+        """Yield ``(revision, events)`` batches from ``start_revision`` on.
+
+        Raises ``Compacted`` (with ``compact_revision``) if the start revision was
+        compacted, and ``EtcdUnavailable`` if the stream breaks: the caller
+        re-reads state and resumes from the revision after the last one it saw.
+        """
+        if self.settings.username and self._token is None:
+            await self._authenticate()
+        filters = []
+        if no_put:
+            filters.append(rpc_pb2.WatchCreateRequest.NOPUT)
+        if no_delete:
+            filters.append(rpc_pb2.WatchCreateRequest.NODELETE)
+        create = rpc_pb2.WatchRequest(
+            create_request=rpc_pb2.WatchCreateRequest(
+                key=key,
+                range_end=range_end or b"",
+                start_revision=start_revision,
+                prev_kv=prev_kv,
+                filters=filters,
+                progress_notify=True,
+            )
+        )
+        ep = self.endpoint
+        call = ep.watch.Watch(metadata=self._metadata())
+        try:
+            await call.write(create)
+            while True:
+                resp = await call.read()
+                if resp is grpc.aio.EOF:
+                    raise EtcdUnavailable("etcd watch stream ended")
+                if resp.compact_revision:
+                    raise Compacted(
+                        f"watch from revision {start_revision} failed: etcd compacted up to "
+                        f"revision {resp.compact_revision}",
+                        compact_revision=int(resp.compact_revision),
+                    )
+                if resp.canceled:
+                    raise EtcdError(
+                        f"etcd cancelled the watch: {resp.cancel_reason or 'no reason'}"
+                    )
+                if resp.created and not resp.events:
+                    continue
+                events = [
+                    Event(
+                        type="DELETE" if ev.type == kv_pb2.Event.DELETE else "PUT",
+                        kv=_kv(ev.kv),
+                        prev_kv=_kv(ev.prev_kv) if ev.HasField("prev_kv") else None,
+                    )
+                    for ev in resp.events
+                ]
+                yield int(resp.header.revision), events
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                self._rotate()
+            raise _map_error(exc, "watch") from exc
+        finally:
+            call.cancel()
+
+    # --- cluster / maintenance (tests and diagnostics) ------------------------------------
+
+    async def status(self) -> dict[str, int]:
+        resp = await self._call(
+            "status", lambda ep: ep.maintenance.Status, rpc_pb2.StatusRequest(), idempotent=True
+        )
+        return {
+            "member_id": int(resp.header.member_id),
+            "leader": int(resp.leader),
+            "revision": int(resp.header.revision),
+            "raft_term": int(resp.raftTerm),
+            "db_size": int(resp.dbSize),
+        }
+
+
+class KeepAliveStream:
+    """One LeaseKeepAlive stream, reopened on the next endpoint when it breaks."""
+
+    def __init__(self, client: EtcdClient) -> None:
+        self._client = client
+        self._call: Any = None
+
+    async def ping(self, lease_id: int, wait: float) -> int:
+        """Refresh ``lease_id``; return its new TTL (0 or less: the lease is gone)."""
+        try:
+            async with asyncio.timeout(wait):
+                if self._call is None:
+                    self._call = self._client.endpoint.lease.LeaseKeepAlive(
+                        metadata=self._client._metadata()
+                    )
+                await self._call.write(rpc_pb2.LeaseKeepAliveRequest(ID=lease_id))
+                resp = await self._call.read()
+        except (grpc.aio.AioRpcError, TimeoutError, asyncio.InvalidStateError) as exc:
+            self.close()
+            self._client._rotate()
+            if isinstance(exc, grpc.aio.AioRpcError):
+                raise _map_error(exc, "lease keep-alive") from exc
+            raise EtcdUnavailable(f"etcd lease keep-alive got no answer within {wait}s") from exc
+        if resp is grpc.aio.EOF:
+            self.close()
+            raise EtcdUnavailable("etcd lease keep-alive stream ended")
+        return int(resp.TTL)
+
+    def close(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None

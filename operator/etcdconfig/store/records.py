@@ -1,0 +1,158 @@
+"""Version records and head pointers: the stored JSON format (DESIGN §3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from etcdconfig.canonical import canonical_json, loads, sha256_of
+from etcdconfig.errors import CorruptRecord, UnsupportedFormat
+
+FORMAT = 1
+
+
+def record_checksum(record: dict[str, Any]) -> str:
+    """``sha256:`` + SHA-256 of the RFC 8785 form of the whole stored record."""
+    return sha256_of(canonical_json(record, "record"))
+
+
+def _load(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        obj = loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptRecord(f"{what} is not valid JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise CorruptRecord(f"{what} is not a JSON object")
+    fmt = obj.get("format")
+    if fmt != FORMAT:
+        raise UnsupportedFormat(
+            f"{what} has format {fmt!r}; this etcdconfig reads format {FORMAT} only "
+            "(upgrade etcdconfig to read newer stores)"
+        )
+    return obj
+
+
+def dump(obj: dict[str, Any]) -> bytes:
+    """Records are stored as their canonical JSON: what is hashed is what is stored."""
+    return canonical_json(obj, "record")
+
+
+@dataclass(frozen=True)
+class Head:
+    version: int
+    uid: str
+    generation: int
+    checksum: str | None
+    record_checksum: str | None
+    recorded_at: str
+    deleted: bool = False
+    purged: bool = False
+    mod_revision: int = 0
+
+    @classmethod
+    def parse(cls, raw: bytes, *, mod_revision: int = 0, what: str = "head") -> Head:
+        obj = _load(raw, what)
+        try:
+            return cls(
+                version=int(obj["version"]),
+                uid=str(obj["uid"]),
+                generation=int(obj["generation"]),
+                checksum=obj.get("checksum"),
+                record_checksum=obj.get("recordChecksum"),
+                recorded_at=str(obj.get("recordedAt", "")),
+                deleted=bool(obj.get("deleted", False)),
+                purged=bool(obj.get("purged", False)),
+                mod_revision=mod_revision,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptRecord(f"{what} lacks a valid field: {exc}") from exc
+
+    def to_json(self) -> dict[str, Any]:
+        obj: dict[str, Any] = {
+            "format": FORMAT,
+            "version": self.version,
+            "uid": self.uid,
+            "generation": self.generation,
+            "checksum": self.checksum,
+            "recordChecksum": self.record_checksum,
+            "recordedAt": self.recorded_at,
+        }
+        if self.deleted:
+            obj["deleted"] = True
+        if self.purged:
+            obj["purged"] = True
+        return obj
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """One immutable version. ``raw`` is the stored JSON object, field for field."""
+
+    raw: dict[str, Any]
+    mod_revision: int = 0
+
+    @classmethod
+    def parse(
+        cls, raw: bytes, *, mod_revision: int = 0, what: str = "version record"
+    ) -> VersionRecord:
+        obj = _load(raw, what)
+        for f in ("version", "uid", "generation", "checksum", "data"):
+            if f not in obj:
+                raise CorruptRecord(f"{what} lacks the field {f!r}")
+        return cls(raw=obj, mod_revision=mod_revision)
+
+    @property
+    def version(self) -> int:
+        return int(self.raw["version"])
+
+    @property
+    def uid(self) -> str:
+        return str(self.raw["uid"])
+
+    @property
+    def generation(self) -> int:
+        return int(self.raw["generation"])
+
+    @property
+    def checksum(self) -> str:
+        return str(self.raw["checksum"])
+
+    @property
+    def parent_checksum(self) -> str | None:
+        v = self.raw.get("parentChecksum")
+        return None if v is None else str(v)
+
+    @property
+    def data(self) -> dict[str, Any]:
+        d = self.raw["data"]
+        assert isinstance(d, dict)
+        return d
+
+    @property
+    def recorded_at(self) -> str:
+        return str(self.raw.get("recordedAt", ""))
+
+    @property
+    def recorded_by(self) -> str:
+        return str(self.raw.get("recordedBy", ""))
+
+    @property
+    def author(self) -> dict[str, Any]:
+        a = self.raw.get("author") or {}
+        return a if isinstance(a, dict) else {}
+
+    @property
+    def origin(self) -> dict[str, Any]:
+        o = self.raw.get("origin") or {}
+        return o if isinstance(o, dict) else {}
+
+    @property
+    def fencing_revision(self) -> int:
+        return int(self.raw.get("fencingRevision", 0))
+
+    def record_checksum(self) -> str:
+        return record_checksum(self.raw)
+
+    def summary(self) -> dict[str, Any]:
+        """Everything but the data (for history listings)."""
+        return {k: v for k, v in self.raw.items() if k != "data"}
