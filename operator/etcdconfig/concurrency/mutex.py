@@ -32,6 +32,7 @@ class Mutex:
         self.key = f"{self.prefix}{session.lease_id:x}".encode()
         self.revision = 0  # create revision of our key once acquired: the fencing token
         self.held = False
+        self.contended = False  # had to wait behind another holder
 
     def is_owner(self) -> Compare:
         """Compare that holds only while this mutex still owns the lock."""
@@ -85,6 +86,7 @@ class Mutex:
             )
             if not pred.kvs:
                 break
+            self.contended = True
             await self._wait_delete(pred.kvs[0].key, pred.revision)
         # our own key may have gone with an expired lease while we waited
         mine, _ = await self.session.client.get(self.key)

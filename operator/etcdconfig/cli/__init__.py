@@ -1,0 +1,1 @@
+"""The ``etcdconfig`` command line (also the kubectl plugin ``kubectl etcdconfig``)."""

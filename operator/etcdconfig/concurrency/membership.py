@@ -1,0 +1,111 @@
+"""Replica membership and Config ownership by rendezvous hashing.
+
+Each replica registers ``{p}/members/{replicaID}`` under its session lease, so a
+dead or frozen replica leaves the set within the lease TTL. A Config is owned by
+the live member with the highest ``sha256(member + uid)``: when a member joins
+or leaves, only about 1/N of the Configs move. Ownership decides who does the
+work; the per-Config lock and the fenced commit keep hand-over windows safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import socket
+from typing import TYPE_CHECKING
+
+from etcdconfig.errors import Compacted, EtcdError
+from etcdconfig.etcd import EtcdClient, Put, prefix_end
+
+if TYPE_CHECKING:
+    from etcdconfig.concurrency.session import Session
+
+log = logging.getLogger(__name__)
+
+
+def rendezvous_owner(members: tuple[str, ...] | list[str], uid: str) -> str | None:
+    best: tuple[int, str] | None = None
+    for m in members:
+        score = int.from_bytes(hashlib.sha256(f"{m}\0{uid}".encode()).digest()[:8], "big")
+        if best is None or (score, m) > best:
+            best = (score, m)
+    return best[1] if best else None
+
+
+class Membership:
+    def __init__(self, client: EtcdClient, prefix: str, replica_id: str) -> None:
+        self.client = client
+        self.base = f"{prefix.rstrip('/')}/members/".encode()
+        self.replica_id = replica_id
+        self.members: tuple[str, ...] = ()
+        self.changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def key(self) -> bytes:
+        return self.base + self.replica_id.encode()
+
+    async def join(self, session: Session) -> None:
+        value = json.dumps(
+            {
+                "replica": self.replica_id,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "lease": f"{session.lease_id:x}",
+            }
+        ).encode()
+        await self.client.txn([], [Put(self.key, value, lease=session.lease_id)])
+        await self._refresh()
+        if self._task is None:
+            self._task = asyncio.create_task(self._watch(), name="membership-watch")
+
+    async def _refresh(self) -> int:
+        res = await self.client.range(self.base, prefix_end(self.base), keys_only=True)
+        members = tuple(sorted(kv.key[len(self.base) :].decode() for kv in res.kvs))
+        self._set(members)
+        return res.revision
+
+    def _set(self, members: tuple[str, ...]) -> None:
+        if members != self.members:
+            log.info("members changed", extra={"members": ",".join(members)})
+            self.members = members
+            self.changed.set()
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                rev = await self._refresh()
+                async for _rev, events in self.client.watch(
+                    self.base, prefix_end(self.base), start_revision=rev + 1
+                ):
+                    current = set(self.members)
+                    for ev in events:
+                        name = ev.kv.key[len(self.base) :].decode()
+                        if ev.type == "PUT":
+                            current.add(name)
+                        else:
+                            current.discard(name)
+                    self._set(tuple(sorted(current)))
+            except (Compacted, EtcdError) as exc:
+                log.warning("membership watch interrupted; re-reading", extra={"error": str(exc)})
+                await asyncio.sleep(1)  # back off before re-listing
+
+    def owner_of(self, uid: str) -> str | None:
+        members = self.members or (self.replica_id,)
+        return rendezvous_owner(members, uid)
+
+    def owns(self, uid: str) -> bool:
+        return self.owner_of(uid) == self.replica_id
+
+    async def leave(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(EtcdError):
+            await self.client.delete_range(self.key)

@@ -1,0 +1,142 @@
+"""kopf handlers. kopf is at-least-once and merges events; the store's fenced
+transaction is the exactly-once gate, so every handler is idempotent."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import TYPE_CHECKING, Any
+
+import kopf
+
+from etcdconfig.controller.reconciler import Reconciler, RetryLater
+from etcdconfig.errors import EtcdConfigError, InvalidConfig
+from etcdconfig.models import GROUP, PLURAL, VERSION
+from etcdconfig.reconcile import (
+    format_issues,
+    issue_reason,
+    parse_spec,
+    status_differs,
+    validate_spec,
+)
+
+if TYPE_CHECKING:
+    from etcdconfig.controller.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+RESOURCE = (GROUP, VERSION, PLURAL)
+WEBHOOK_ID = "validate-config"
+
+
+def _backoff(retry: int) -> float:
+    return float(min(30.0, 0.5 * 2 ** min(retry, 6)))
+
+
+def build_registry(runtime: Runtime, reconciler: Reconciler) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    async def login(**_: Any) -> kopf.ConnectionInfo:
+        # the same identity the rest of the operator uses (--kubeconfig/--context or in-cluster)
+        cfg = runtime.kube.api.configuration
+        header: Any = cfg.get_api_key_with_prefix("BearerToken")
+        if inspect.isawaitable(header):
+            header = await header
+        parts = header.split(" ", 1) if header else []
+        scheme, token = (
+            (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0] if parts else None)
+        )
+        return kopf.ConnectionInfo(
+            server=str(cfg.host),
+            ca_path=cfg.ssl_ca_cert,
+            insecure=not cfg.verify_ssl,
+            scheme=scheme,
+            token=token,
+            certificate_path=cfg.cert_file,
+            private_key_path=cfg.key_file,
+        )
+
+    @kopf.on.resume(*RESOURCE, registry=registry, id="reconcile")
+    @kopf.on.create(*RESOURCE, registry=registry, id="reconcile")
+    @kopf.on.update(*RESOURCE, registry=registry, id="reconcile")
+    async def reconcile(
+        body: kopf.Body, patch: kopf.Patch, reason: str, retry: int, **_: Any
+    ) -> None:
+        assert runtime.membership is not None
+        if not runtime.membership.owns(body.metadata.uid or ""):
+            return  # another replica owns it; the resync loop takes over if it goes away
+        obj = _plain(body)
+        try:
+            status = await reconciler.reconcile(obj, trigger=str(reason), retry=retry)
+        except RetryLater as exc:
+            _apply(patch, obj, exc.status)
+            raise kopf.TemporaryError(str(exc), delay=exc.delay) from None
+        if status is not None:
+            _apply(patch, obj, status)
+
+    @kopf.on.delete(*RESOURCE, registry=registry, id="finalize")
+    async def finalize(body: kopf.Body, spec: kopf.Spec, retry: int, **_: Any) -> None:
+        assert runtime.store is not None
+        assert runtime.locks is not None
+        meta = body.metadata
+        ns, name, uid = meta.namespace or "", meta.name or "", meta.uid or ""
+        purge = spec.get("deletionPolicy", "Retain") == "Purge"
+        try:
+            async with runtime.locks.hold(ns, name) as mutex:
+                await runtime.store.delete(ns, name, uid, mutex, purge=purge)
+        except EtcdConfigError as exc:
+            raise kopf.TemporaryError(
+                f"cannot record the deletion yet: {exc}", delay=_backoff(retry)
+            ) from None
+        log.info("deleted", extra={"config": f"{ns}/{name}", "uid": uid, "purged": purge})
+
+    if not runtime.settings.webhook_enabled:
+        return registry
+
+    @kopf.on.validate(*RESOURCE, registry=registry, id=WEBHOOK_ID)
+    def validate(spec: kopf.Spec, **_: Any) -> None:
+        try:
+            issues = validate_spec(parse_spec(dict(spec)), runtime.validator)
+        except InvalidConfig as exc:
+            issues = exc.issues
+        if issues:
+            raise kopf.AdmissionError(f"{issue_reason(issues)}: {format_issues(issues)}", code=422)
+
+    return registry
+
+
+def _plain(body: kopf.Body) -> dict[str, Any]:
+    return {
+        "metadata": dict(body.metadata),
+        "spec": dict(body.spec),
+        "status": dict(body.status),
+    }
+
+
+def _apply(patch: kopf.Patch, obj: dict[str, Any], status: dict[str, Any]) -> None:
+    if status_differs(obj.get("status") or {}, status):
+        for key, value in status.items():
+            patch.status[key] = value
+
+
+def operator_settings(runtime: Runtime) -> kopf.OperatorSettings:
+    s = runtime.settings
+    settings = kopf.OperatorSettings()
+    # GitOps-clean: kopf keeps its state in status, and metadata only gains our finalizer
+    settings.persistence.finalizer = "etcdconfig.io/finalizer"
+    settings.persistence.progress_storage = kopf.StatusProgressStorage()
+    settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(ignored_fields=["metadata"])
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 30
+    if s.webhook_enabled:
+        settings.admission.server = kopf.WebhookServer(
+            addr=s.webhook_addr,
+            port=s.webhook_port,
+            certfile=str(s.webhook_cert_file) if s.webhook_cert_file else None,
+            pkeyfile=str(s.webhook_key_file) if s.webhook_key_file else None,
+        )
+        settings.admission.managed = None  # the chart or the user installs the configuration
+    return settings

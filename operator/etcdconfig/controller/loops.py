@@ -1,0 +1,119 @@
+"""One resync loop over the Configs this replica owns (not a timer per object):
+it repairs anything a watch missed, takes over Configs of departed members, and
+periodically re-verifies the stored history (``Intact``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from etcdconfig import metrics
+from etcdconfig.controller.reconciler import Reconciler, RetryLater
+from etcdconfig.errors import EtcdConfigError
+from etcdconfig.reconcile import status_differs, status_integrity
+
+if TYPE_CHECKING:
+    from etcdconfig.controller.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class Resync:
+    def __init__(self, runtime: Runtime, reconciler: Reconciler) -> None:
+        self.rt = runtime
+        self.reconciler = reconciler
+        self._last_integrity = time.monotonic()
+        self.rounds = 0
+
+    async def owned(self) -> list[dict[str, Any]]:
+        assert self.rt.membership is not None
+        namespaces: list[str | None] = list(self.rt.settings.namespaces) or [None]
+        items: list[dict[str, Any]] = []
+        for ns in namespaces:
+            items.extend(await self.rt.kube.list_configs(ns))
+        mine = [
+            o
+            for o in items
+            if self.rt.membership.owns(o["metadata"]["uid"])
+            and not o["metadata"].get("deletionTimestamp")
+        ]
+        metrics.OWNED.set(len(mine))
+        return mine
+
+    async def run(self) -> None:
+        assert self.rt.membership is not None
+        interval = self.rt.settings.resync_interval
+        while True:
+            changed = self.rt.membership.changed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), timeout=interval)
+            changed.clear()
+            metrics.MEMBERS.set(len(self.rt.membership.members))
+            try:
+                await self.once()
+            except EtcdConfigError as exc:
+                log.warning("resync round failed; next round will retry", extra={"error": str(exc)})
+
+    async def once(self) -> None:
+        objs = await self.owned()
+        sem = asyncio.Semaphore(self.rt.settings.resync_concurrency)
+        integrity_due = (
+            time.monotonic() - self._last_integrity >= self.rt.settings.integrity_interval
+        )
+
+        async def one(obj: dict[str, Any]) -> None:
+            async with sem:
+                await self.reconcile_one(obj)
+                if integrity_due:
+                    await self.verify_one(obj)
+
+        await asyncio.gather(*(one(o) for o in objs))
+        if integrity_due:
+            self._last_integrity = time.monotonic()
+        self.rounds += 1
+
+    async def reconcile_one(self, obj: dict[str, Any]) -> None:
+        meta = obj["metadata"]
+        try:
+            status = await self.reconciler.reconcile(obj, trigger="resync")
+        except RetryLater as exc:
+            status = exc.status
+        except EtcdConfigError as exc:
+            log.warning(
+                "resync of a Config failed",
+                extra={"config": f"{meta['namespace']}/{meta['name']}", "error": str(exc)},
+            )
+            return
+        if status is not None and status_differs(obj.get("status") or {}, status):
+            await self.rt.kube.patch_status(meta["namespace"], meta["name"], status)
+
+    async def verify_one(self, obj: dict[str, Any]) -> None:
+        assert self.rt.store is not None
+        meta = obj["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        try:
+            problems = await self.rt.store.verify(ns, name)
+        except EtcdConfigError as exc:
+            log.warning(
+                "integrity scan failed", extra={"config": f"{ns}/{name}", "error": str(exc)}
+            )
+            return
+        current = obj.get("status") or {}
+        was = next((c for c in current.get("conditions") or [] if c.get("type") == "Intact"), None)
+        if problems:
+            metrics.INTEGRITY_VIOLATIONS.inc(len(problems))
+            log.error(
+                "integrity violation", extra={"config": f"{ns}/{name}", "problems": len(problems)}
+            )
+            if not was or was.get("status") != "False":
+                await self.rt.kube.event(
+                    obj, "Warning", "IntegrityViolation", "; ".join(str(p) for p in problems)[:1000]
+                )
+        status = status_integrity(
+            current, int(meta.get("generation") or 1), [str(p) for p in problems]
+        )
+        if status_differs(current, status):
+            await self.rt.kube.patch_status(ns, name, status)

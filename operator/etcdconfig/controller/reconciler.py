@@ -1,0 +1,341 @@
+"""Reconcile one Config: compare the object with the store's head and do what is
+missing — validate, record, publish — then say what the status must be."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from etcdconfig import metrics
+from etcdconfig.canonical import checksum
+from etcdconfig.errors import (
+    Conflict,
+    CorruptRecord,
+    EtcdConfigError,
+    EtcdPermissionDenied,
+    InvalidConfig,
+    LockError,
+    StaleIncarnation,
+    UnsupportedFormat,
+)
+from etcdconfig.kube import KubeError
+from etcdconfig.reconcile import (
+    author_of,
+    format_issues,
+    issue_reason,
+    origin_of,
+    parse_spec,
+    status_invalid,
+    status_pending,
+    status_recorded,
+    validate_spec,
+)
+from etcdconfig.store import ChangeRequest, CommitResult, Head
+
+if TYPE_CHECKING:
+    from etcdconfig.controller.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+VERSION_ANNOTATION = "etcdconfig.io/version"
+CHECKSUM_ANNOTATION = "etcdconfig.io/checksum"
+
+
+class RetryLater(Exception):
+    """The reconcile could not finish (etcd away, lock busy…): retry after ``delay``."""
+
+    def __init__(self, message: str, status: dict[str, Any], delay: float) -> None:
+        super().__init__(message)
+        self.status = status
+        self.delay = delay
+
+
+def _condition(status: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    return next((c for c in status.get("conditions") or [] if c.get("type") == type_), None)
+
+
+class Reconciler:
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+
+    async def reconcile(
+        self, body: dict[str, Any], *, trigger: str, retry: int = 0
+    ) -> dict[str, Any] | None:
+        """Return the status to patch (None: nothing to say, e.g. the object is gone)."""
+        started = time.monotonic()
+        try:
+            return await self._reconcile(body, retry)
+        finally:
+            metrics.RECONCILE.labels(trigger).observe(time.monotonic() - started)
+
+    async def _reconcile(self, body: dict[str, Any], retry: int) -> dict[str, Any] | None:
+        rt = self.rt
+        assert rt.store is not None
+        meta = body["metadata"]
+        ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        generation = int(meta.get("generation") or 1)
+        status = body.get("status") or {}
+        previous = list(status.get("conditions") or [])
+        if meta.get("deletionTimestamp"):
+            return None
+        ref = f"{ns}/{name}"
+        delay = min(30.0, 0.5 * 2 ** min(retry, 6))
+
+        try:
+            head = await rt.store.head(ns, name)
+        except (CorruptRecord, UnsupportedFormat) as exc:
+            return await self._corrupt(body, previous, generation, str(exc))
+        except EtcdConfigError as exc:
+            raise self._pending(body, previous, generation, exc, None, delay) from exc
+        mine = head if head is not None and head.uid == uid and not head.deleted else None
+        head_t = (mine.version, mine.checksum, mine.recorded_at) if mine else (None, None, None)
+
+        try:
+            spec = parse_spec(body.get("spec"))
+            issues = validate_spec(spec, rt.validator)
+        except InvalidConfig as exc:
+            issues = exc.issues
+            spec = None
+        self._count_cache()
+        if issues:
+            return await self._invalid(body, previous, generation, issues, head_t)
+        assert spec is not None
+
+        if mine is not None and mine.generation >= generation:
+            result_status = status_recorded(
+                generation,
+                previous,
+                version=mine.version,
+                checksum=mine.checksum,
+                recorded_at=mine.recorded_at,
+                recorded_now=False,
+            )
+            await self._publish(body, spec, mine, delay)
+            return result_status
+
+        data_checksum = checksum(spec.data)
+        change = ChangeRequest(
+            namespace=ns,
+            name=name,
+            uid=uid,
+            generation=generation,
+            data=spec.data,
+            schema=spec.schema_,
+            author=author_of(meta),
+            origin=origin_of(meta, data_checksum),
+            max_versions=spec.history.max_versions,
+        )
+        try:
+            result = await self._record(change)
+        except InvalidConfig as exc:
+            return await self._invalid(
+                body,
+                previous,
+                generation,
+                [dataclasses.replace(i, path=f"spec.{i.path}") for i in exc.issues],
+                head_t,
+            )
+        except (CorruptRecord, UnsupportedFormat) as exc:
+            return await self._corrupt(body, previous, generation, str(exc))
+        except EtcdConfigError as exc:
+            raise self._pending(body, previous, generation, exc, head_t, delay) from exc
+        if result is None:
+            return None
+        if result.recorded:
+            metrics.COMMITS.labels("recorded").inc()
+            log.info(
+                "recorded",
+                extra={
+                    "config": ref,
+                    "version": result.version,
+                    "generation": generation,
+                    "uid": uid,
+                },
+            )
+            await rt.kube.event(
+                body,
+                "Normal",
+                "Recorded",
+                f"generation {generation} recorded as version {result.version}",
+            )
+        else:
+            metrics.COMMITS.labels("already_recorded").inc()
+        await self._publish(body, spec, result.head, delay)
+        return status_recorded(
+            generation,
+            previous,
+            version=result.version,
+            checksum=result.checksum,
+            recorded_at=result.head.recorded_at,
+            recorded_now=result.recorded,
+        )
+
+    async def _record(self, change: ChangeRequest) -> CommitResult | None:
+        rt = self.rt
+        assert rt.store is not None
+        assert rt.locks is not None
+        started = time.monotonic()
+        async with rt.locks.hold(change.namespace, change.name) as mutex:
+            metrics.LOCK_ACQUIRE.observe(time.monotonic() - started)
+            if mutex.contended:
+                metrics.LOCK_CONTENTION.inc()
+            before = dict(rt.store.stats)
+            try:
+                try:
+                    return await rt.store.commit(change, mutex)
+                except StaleIncarnation:
+                    metrics.CONFLICTS.labels("stale_incarnation").inc()
+                    head = await rt.store.head(change.namespace, change.name)
+                    if head is not None and head.uid == change.uid and head.deleted:
+                        return None  # a late event of a deleted object: write nothing
+                    current = await rt.kube.get_config(change.namespace, change.name)
+                    if current is None or current["metadata"]["uid"] != change.uid:
+                        return None  # not the object that owns the name now
+                    return await rt.store.commit(
+                        dataclasses.replace(change, owner_confirmed=True), mutex
+                    )
+            finally:
+                for kind in ("conflicts", "lost_locks", "unknown_outcomes"):
+                    n = rt.store.stats[kind] - before[kind]
+                    if n:
+                        metrics.CONFLICTS.labels(kind.rstrip("s")).inc(n)
+
+    def _count_cache(self) -> None:
+        v = self.rt.validator
+        hits, misses = getattr(self, "_seen", (0, 0))
+        metrics.CACHE_HITS.labels("validation").inc(v.hits - hits)
+        metrics.CACHE_MISSES.labels("validation").inc(v.misses - misses)
+        self._seen = (v.hits, v.misses)
+
+    async def _invalid(
+        self,
+        body: dict[str, Any],
+        previous: list[dict[str, Any]],
+        generation: int,
+        issues: list[Any],
+        head_t: tuple[int | None, str | None, str | None],
+    ) -> dict[str, Any]:
+        reason = issue_reason(issues)
+        old = _condition(body.get("status") or {}, "Valid")
+        first_time = not (
+            old and old.get("status") == "False" and old.get("observedGeneration") == generation
+        )
+        if first_time:
+            metrics.VALIDATION_FAILURES.labels(reason).inc()
+            meta = body["metadata"]
+            log.warning(
+                "invalid Config; nothing recorded",
+                extra={
+                    "config": f"{meta['namespace']}/{meta['name']}",
+                    "generation": generation,
+                    "reason": reason,
+                    "errors": len(issues),
+                },
+            )
+            await self.rt.kube.event(
+                body,
+                "Warning",
+                reason,
+                f"generation {generation} not recorded: {format_issues(issues)}",
+            )
+        return status_invalid(generation, previous, issues, head_t)
+
+    async def _corrupt(
+        self, body: dict[str, Any], previous: list[dict[str, Any]], generation: int, message: str
+    ) -> dict[str, Any]:
+        metrics.INTEGRITY_VIOLATIONS.inc()
+        await self.rt.kube.event(body, "Warning", "IntegrityViolation", message)
+        from etcdconfig.reconcile import StatusBuilder
+
+        b = StatusBuilder(generation, previous)
+        b.set("Ready", False, "IntegrityViolation", message)
+        b.keep("Valid", (None, "NotValidated", ""))
+        b.set(
+            "Recorded",
+            False,
+            "IntegrityViolation",
+            "the store holds records this operator cannot continue",
+        )
+        b.set("Intact", False, "IntegrityViolation", message)
+        b.set("Reconciling", False, "IntegrityViolation", "")
+        b.set("Stalled", True, "IntegrityViolation", "run `etcdconfig verify` and repair the store")
+        st = body.get("status") or {}
+        return b.build(
+            version=st.get("version"),
+            checksum=st.get("checksum"),
+            shortChecksum=st.get("shortChecksum"),
+            recordedAt=st.get("recordedAt"),
+        )
+
+    def _pending(
+        self,
+        body: dict[str, Any],
+        previous: list[dict[str, Any]],
+        generation: int,
+        exc: Exception,
+        head_t: tuple[int | None, str | None, str | None] | None,
+        delay: float,
+    ) -> RetryLater:
+        if isinstance(exc, EtcdPermissionDenied):
+            reason = "EtcdPermissionDenied"
+        elif isinstance(exc, LockError):
+            reason = type(exc).__name__
+        elif isinstance(exc, Conflict):
+            reason = "Conflict"
+        elif isinstance(exc, KubeError):
+            reason = "KubernetesAPIError"
+        else:
+            reason = "EtcdUnavailable"
+        st = body.get("status") or {}
+        if head_t is None:
+            head_t = (st.get("version"), st.get("checksum"), st.get("recordedAt"))
+        meta = body["metadata"]
+        log.warning(
+            "reconcile will be retried",
+            extra={
+                "config": f"{meta['namespace']}/{meta['name']}",
+                "reason": reason,
+                "error": str(exc),
+                "delay": delay,
+            },
+        )
+        status = status_pending(
+            generation, previous, reason, f"{exc}; retrying in {delay:g}s", head_t
+        )
+        return RetryLater(str(exc), status, delay)
+
+    async def _publish(self, body: dict[str, Any], spec: Any, head: Head, delay: float) -> None:
+        target = spec.publish.config_map if spec.publish else None
+        if target is None or head.version == 0:
+            return
+        rt = self.rt
+        assert rt.store is not None
+        meta = body["metadata"]
+        annotations = {
+            VERSION_ANNOTATION: str(head.version),
+            CHECKSUM_ANNOTATION: str(head.checksum),
+        }
+        try:
+            current = await rt.kube.config_map_annotations(meta["namespace"], target.name)
+            if current is not None and all(current.get(k) == v for k, v in annotations.items()):
+                return
+            record = await rt.store.get_version(meta["namespace"], meta["name"], head.version)
+            content = json.dumps(record.data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+            if await rt.kube.publish_config_map(
+                body, target.name, target.key, content, annotations
+            ):
+                await rt.kube.event(
+                    body,
+                    "Normal",
+                    "Published",
+                    f"version {head.version} published to ConfigMap {target.name}",
+                )
+        except EtcdConfigError as exc:
+            log.warning(
+                "could not publish the ConfigMap; will retry",
+                extra={"config": f"{meta['namespace']}/{meta['name']}", "error": str(exc)},
+            )
+            raise RetryLater(str(exc), body.get("status") or {}, delay) from exc

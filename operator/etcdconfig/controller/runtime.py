@@ -1,0 +1,98 @@
+"""Everything a replica holds while it runs: etcd client, session, locks, store,
+membership, the Kubernetes API; and the session keeper that replaces a lost lease."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from etcdconfig import metrics
+from etcdconfig.concurrency import ConfigLocks, Session
+from etcdconfig.concurrency.membership import Membership
+from etcdconfig.errors import EtcdError
+from etcdconfig.store import VersionedStore
+from etcdconfig.validation import Validator
+
+if TYPE_CHECKING:
+    from etcdconfig.etcd import EtcdClient
+    from etcdconfig.kube import Kube
+    from etcdconfig.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    client: EtcdClient
+    kube: Kube
+    validator: Validator = field(default_factory=Validator)
+    session: Session | None = None
+    locks: ConfigLocks | None = None
+    store: VersionedStore | None = None
+    membership: Membership | None = None
+    _keeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        self.store = VersionedStore(
+            self.client,
+            prefix=s.etcd_prefix,
+            replica_id=s.replica_id,
+            validator=self.validator,
+            max_request_bytes=s.etcd_max_request_bytes,
+        )
+        self.membership = Membership(self.client, s.etcd_prefix, s.replica_id)
+        await self._new_session()
+        self._keeper = asyncio.create_task(self._keep_session(), name="session-keeper")
+
+    async def _new_session(self) -> None:
+        s = self.settings
+        session = await Session(self.client, ttl=s.lock_ttl).start()
+        locks = ConfigLocks(
+            session,
+            prefix=s.etcd_prefix,
+            identity=s.replica_id,
+            acquire_timeout=s.acquire_timeout,
+            hold_timeout=s.hold_timeout,
+        )
+        self.session, self.locks = session, locks
+        assert self.membership is not None
+        await self.membership.join(session)
+        metrics.MEMBERS.set(len(self.membership.members))
+        log.info("etcd session started", extra={"lease": f"{session.lease_id:x}"})
+
+    async def _keep_session(self) -> None:
+        """A lost lease means every lock is gone: start a new session (and re-join)."""
+        delay = 0.5
+        while True:
+            assert self.session is not None
+            await self.session.done.wait()
+            metrics.SESSION_LOST.inc()
+            log.warning("etcd session lost; starting a new one")
+            while True:
+                try:
+                    await self._new_session()
+                    delay = 0.5
+                    break
+                except EtcdError as exc:
+                    log.warning("cannot start an etcd session yet", extra={"error": str(exc)})
+                    await asyncio.sleep(delay)  # back off while etcd is away
+                    delay = min(delay * 2, 10.0)
+
+    @property
+    def healthy(self) -> bool:
+        return self.session is not None and self.session.alive
+
+    async def stop(self) -> None:
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper
+        if self.membership is not None:
+            await self.membership.leave()
+        if self.session is not None:
+            await self.session.close()

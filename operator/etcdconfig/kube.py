@@ -1,0 +1,263 @@
+"""The Kubernetes API, as the operator and the CLI use it (kubernetes_asyncio).
+
+kopf drives events with its own client; this module does the few direct calls
+the rest needs: status patches outside handlers (resync), ConfigMap publishing,
+Events, reading the current object, and the CLI's rollback patch.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import uuid
+from typing import Any
+
+from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio import config as k8s_config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from etcdconfig.errors import EtcdConfigError
+from etcdconfig.models import GROUP, KIND, PLURAL, VERSION
+
+log = logging.getLogger(__name__)
+
+MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+
+
+class KubeError(EtcdConfigError):
+    """The Kubernetes API refused or could not be reached; the message says which."""
+
+
+def _explain(exc: ApiException, what: str) -> KubeError:
+    if exc.status == 403:
+        return KubeError(f"{what}: forbidden by RBAC ({exc.reason})")
+    if exc.status == 404:
+        return KubeError(f"{what}: not found")
+    return KubeError(f"{what}: HTTP {exc.status} {exc.reason}")
+
+
+def _default_kubeconfig_exists() -> bool:
+    return os.path.exists(os.path.expanduser("~/.kube/config"))
+
+
+async def load_api_client(
+    kubeconfig: str | None = None, context: str | None = None
+) -> k8s.ApiClient:
+    """kubeconfig (explicit, $KUBECONFIG, ~/.kube/config) or the in-cluster service account."""
+    cfg = k8s.Configuration()
+    path = kubeconfig or os.environ.get("KUBECONFIG")
+    if path or _default_kubeconfig_exists():
+        await k8s_config.load_kube_config(
+            config_file=path, context=context, client_configuration=cfg
+        )
+    else:
+        k8s_config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+    return k8s.ApiClient(configuration=cfg)
+
+
+class Kube:
+    def __init__(self, api: k8s.ApiClient, *, component: str = "etcdconfig") -> None:
+        self.api = api
+        self.custom = k8s.CustomObjectsApi(api)
+        self.core = k8s.CoreV1Api(api)
+        self.component = component
+
+    async def close(self) -> None:
+        await self.api.close()
+
+    async def check_crd(self) -> None:
+        """Fail with a clear message when the API server is unreachable or the CRD is missing."""
+        try:
+            resources = await self.api.call_api(
+                f"/apis/{GROUP}/{VERSION}",
+                "GET",
+                response_types_map={200: "object"},
+                auth_settings=["BearerToken"],
+                _return_http_data_only=True,
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                raise KubeError(
+                    f"the Config CRD ({PLURAL}.{GROUP}) is not installed: "
+                    "kubectl apply -f crds/ (or install the Helm chart)"
+                ) from exc
+            raise _explain(exc, "API discovery") from exc
+        except OSError as exc:
+            raise KubeError(f"cannot reach the Kubernetes API server: {exc}") from exc
+        names = {r.get("name") for r in (resources or {}).get("resources", [])}
+        if PLURAL not in names:
+            raise KubeError(f"the Config CRD ({PLURAL}.{GROUP}) is not installed")
+
+    async def get_config(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            obj = await self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise _explain(exc, f"get Config {namespace}/{name}") from exc
+        return dict(obj)
+
+    async def list_configs(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        cont: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"limit": 500}
+            if cont:
+                kwargs["_continue"] = cont
+            try:
+                if namespace:
+                    page = await self.custom.list_namespaced_custom_object(
+                        GROUP, VERSION, namespace, PLURAL, **kwargs
+                    )
+                else:
+                    page = await self.custom.list_cluster_custom_object(
+                        GROUP, VERSION, PLURAL, **kwargs
+                    )
+            except ApiException as exc:
+                raise _explain(exc, "list Configs") from exc
+            items.extend(page.get("items", []))
+            cont = (page.get("metadata") or {}).get("continue")
+            if not cont:
+                return items
+
+    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        try:
+            await self.custom.patch_namespaced_custom_object_status(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                {"status": status},
+                _content_type=MERGE_PATCH,  # type: ignore[call-arg]
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return
+            raise _explain(exc, f"patch status of {namespace}/{name}") from exc
+
+    async def patch_config(
+        self, namespace: str, name: str, patch: Any, *, content_type: str = MERGE_PATCH
+    ) -> dict[str, Any]:
+        """Merge patch (a dict) or JSON patch (a list of operations, with JSON_PATCH)."""
+        try:
+            obj = await self.custom.patch_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                patch,
+                _content_type=content_type,  # type: ignore[call-arg]
+            )
+        except ApiException as exc:
+            raise _explain(exc, f"patch Config {namespace}/{name}") from exc
+        return dict(obj)
+
+    async def config_map_annotations(self, namespace: str, name: str) -> dict[str, str] | None:
+        try:
+            cm = await self.core.read_namespaced_config_map(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise _explain(exc, f"read ConfigMap {namespace}/{name}") from exc
+        return dict(cm.metadata.annotations or {})
+
+    async def publish_config_map(
+        self,
+        owner: dict[str, Any],
+        name: str,
+        key: str,
+        content: str,
+        annotations: dict[str, str],
+    ) -> bool:
+        """Create or update the ConfigMap; returns True if anything was written."""
+        meta = owner["metadata"]
+        namespace = meta["namespace"]
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": {
+                    "app.kubernetes.io/managed-by": "etcdconfig",
+                    "etcdconfig.io/config": meta["name"],
+                },
+                "annotations": annotations,
+                "ownerReferences": [
+                    {
+                        "apiVersion": f"{GROUP}/{VERSION}",
+                        "kind": KIND,
+                        "name": meta["name"],
+                        "uid": meta["uid"],
+                        "controller": True,
+                        "blockOwnerDeletion": False,
+                    }
+                ],
+            },
+            "data": {key: content},
+        }
+        try:
+            current = await self.core.read_namespaced_config_map(name, namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise _explain(exc, f"read ConfigMap {namespace}/{name}") from exc
+            try:
+                await self.core.create_namespaced_config_map(namespace, body)  # type: ignore[arg-type]
+            except ApiException as exc2:
+                raise _explain(exc2, f"create ConfigMap {namespace}/{name}") from exc2
+            return True
+        cur_ann = current.metadata.annotations or {}
+        if (
+            all(cur_ann.get(k) == v for k, v in annotations.items())
+            and (current.data or {}).get(key) == content
+        ):
+            return False
+        try:
+            await self.core.patch_namespaced_config_map(
+                name,
+                namespace,
+                body,
+                _content_type=MERGE_PATCH,  # type: ignore[call-arg]
+            )
+        except ApiException as exc:
+            raise _explain(exc, f"patch ConfigMap {namespace}/{name}") from exc
+        return True
+
+    async def event(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """Post an Event about a Config. Never include configuration values in ``message``."""
+        meta = obj["metadata"]
+        now = dt.datetime.now(dt.UTC)
+        body = k8s.CoreV1Event(
+            metadata=k8s.V1ObjectMeta(
+                name=f"{meta['name']}.{uuid.uuid4().hex[:12]}", namespace=meta["namespace"]
+            ),
+            involved_object=k8s.V1ObjectReference(
+                api_version=f"{GROUP}/{VERSION}",
+                kind=KIND,
+                name=meta["name"],
+                namespace=meta["namespace"],
+                uid=meta["uid"],
+                resource_version=meta.get("resourceVersion"),
+            ),
+            reason=reason,
+            message=message[:1024],
+            type=type_,
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+            source=k8s.V1EventSource(component=self.component),
+            reporting_component=self.component,
+        )
+        try:
+            await self.core.create_namespaced_event(meta["namespace"], body)
+        except ApiException as exc:
+            log.warning(
+                "could not post event",
+                extra={"reason": reason, "error": str(_explain(exc, "post event"))},
+            )

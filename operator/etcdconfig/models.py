@@ -1,0 +1,113 @@
+"""The Config API (``etcdconfig.io/v1alpha1``, kind ``Config``): the single source
+of truth for the CRD's schema (``etcdconfig.crd`` generates it from these models,
+and a test fails when ``crds/`` drifts from them)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+GROUP = "etcdconfig.io"
+VERSION = "v1alpha1"
+KIND = "Config"
+PLURAL = "configs"
+SINGULAR = "config"
+SHORT_NAMES = ("cfg",)
+FINALIZER = "etcdconfig.io/finalizer"
+CHANGE_CAUSE_ANNOTATION = "etcdconfig.io/change-cause"
+ROLLBACK_ANNOTATION = "etcdconfig.io/rollback"
+MAX_VERSIONS_LIMIT = 100_000
+# the diffbase kopf keeps in status doubles the object's size; the API server caps an
+# object at ~1.5 MiB, so the data (canonical JSON) is capped well under half of that
+MAX_DATA_BYTES = 512 * 1024
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class History(_Strict):
+    """Retention of the versioned store."""
+
+    max_versions: int = Field(
+        default=100,
+        ge=1,
+        le=MAX_VERSIONS_LIMIT,
+        alias="maxVersions",
+        description="Versions kept in the store; the head is never pruned.",
+    )
+
+
+class ConfigMapTarget(_Strict):
+    name: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="Name of the ConfigMap (same namespace) that receives the head's data.",
+    )
+    key: str = Field(
+        default="config.json",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        description="Key of the ConfigMap that holds the data as JSON.",
+    )
+
+
+class Publish(_Strict):
+    config_map: ConfigMapTarget | None = Field(
+        default=None,
+        alias="configMap",
+        description="Materialise the head's data into a ConfigMap for pods.",
+    )
+
+
+class ConfigSpec(_Strict):
+    data: dict[str, Any] = Field(description="The configuration itself: any JSON object.")
+    schema_: dict[str, Any] | None = Field(
+        default=None,
+        alias="schema",
+        description="JSON Schema (draft 2020-12) that data must satisfy.",
+    )
+    history: History = Field(default_factory=History, description="Retention settings.")
+    deletion_policy: Literal["Retain", "Purge"] = Field(
+        default="Retain",
+        alias="deletionPolicy",
+        description="Retain keeps the history in etcd on delete; Purge removes it.",
+    )
+    publish: Publish | None = Field(default=None, description="Where to publish the head.")
+
+
+class Condition(_Strict):
+    """A metav1.Condition."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    observed_generation: int | None = Field(default=None, alias="observedGeneration")
+    last_transition_time: str = Field(alias="lastTransitionTime")
+    reason: str
+    message: str
+
+
+class ConfigStatus(_Strict):
+    observed_generation: int | None = Field(default=None, alias="observedGeneration")
+    version: int | None = Field(default=None, description="Head version number in the store.")
+    checksum: str | None = Field(default=None, description="Checksum of the head's data.")
+    short_checksum: str | None = Field(
+        default=None, alias="shortChecksum", description="First 12 hex digits of the checksum."
+    )
+    recorded_at: str | None = Field(default=None, alias="recordedAt")
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+PRINTER_COLUMNS = [
+    {"name": "Version", "type": "integer", "jsonPath": ".status.version"},
+    {"name": "Checksum", "type": "string", "jsonPath": ".status.shortChecksum"},
+    {
+        "name": "Ready",
+        "type": "string",
+        "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
+    },
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]

@@ -1,0 +1,273 @@
+"""Reconcile decisions: pure functions, no I/O.
+
+Given a Config object (and what the store says), decide what to record and what
+the status must say. Status follows kstatus: ``observedGeneration`` + ``Ready``,
+with ``Reconciling`` while work is pending and ``Stalled`` when it cannot progress
+until the user changes the spec.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from etcdconfig.canonical import canonical_json
+from etcdconfig.errors import InvalidConfig, ValidationIssue
+from etcdconfig.models import (
+    CHANGE_CAUSE_ANNOTATION,
+    MAX_DATA_BYTES,
+    ROLLBACK_ANNOTATION,
+    ConfigSpec,
+)
+
+if TYPE_CHECKING:
+    from etcdconfig.validation import Validator
+
+CONDITION_TYPES = ("Ready", "Valid", "Recorded", "Intact", "Reconciling", "Stalled")
+MAX_MESSAGE = 4000  # keep conditions and events readable and well under API limits
+
+
+def now_rfc3339() -> str:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def parse_spec(spec: Any) -> ConfigSpec:
+    """The spec as a model; ``InvalidConfig`` listing every problem with its path."""
+    try:
+        return ConfigSpec.model_validate(spec)
+    except ValidationError as exc:
+        issues = [
+            ValidationIssue(
+                "spec" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"]),
+                e["msg"],
+            )
+            for e in exc.errors(include_input=False)
+        ]
+        raise InvalidConfig(issues, reason="InvalidSpec") from None
+
+
+def validate_spec(spec: ConfigSpec, validator: Validator) -> list[ValidationIssue]:
+    """Every reason the spec's data cannot be recorded (schema, canonical form, size)."""
+    issues = validator.validate(spec.data, spec.schema_)
+    if issues:
+        return [_under_spec(i) for i in issues]
+    size = len(canonical_json(spec.data))
+    if size > MAX_DATA_BYTES:
+        return [
+            ValidationIssue(
+                "spec.data",
+                f"is {size} bytes as canonical JSON, over the limit of {MAX_DATA_BYTES} bytes "
+                "(the API server caps objects at ~1.5 MiB and the operator's status keeps a "
+                "copy); split the configuration into several Configs",
+            )
+        ]
+    return []
+
+
+def _under_spec(issue: ValidationIssue) -> ValidationIssue:
+    return ValidationIssue(f"spec.{issue.path}", issue.message)
+
+
+def issue_reason(issues: list[ValidationIssue]) -> str:
+    if any(i.path.startswith("spec.schema") for i in issues):
+        return "InvalidSchema"
+    if any("over the limit" in i.message for i in issues):
+        return "TooLarge"
+    return "InvalidData"
+
+
+def format_issues(issues: list[ValidationIssue]) -> str:
+    text = "; ".join(str(i) for i in issues)
+    if len(text) > MAX_MESSAGE:
+        text = text[: MAX_MESSAGE - 20] + f"… ({len(issues)} errors)"
+    return text
+
+
+def author_of(meta: dict[str, Any]) -> dict[str, Any]:
+    """Who changed the spec: the newest managedFields entry that touched ``spec``,
+    plus the ``etcdconfig.io/change-cause`` annotation."""
+    author: dict[str, Any] = {}
+    entries = [
+        e
+        for e in meta.get("managedFields") or []
+        if not e.get("subresource") and "f:spec" in (e.get("fieldsV1") or {})
+    ]
+    if entries:
+        newest = max(entries, key=lambda e: e.get("time") or "")
+        author["manager"] = newest.get("manager", "")
+        author["operation"] = newest.get("operation", "")
+        if newest.get("time"):
+            author["time"] = newest["time"]
+    cause = (meta.get("annotations") or {}).get(CHANGE_CAUSE_ANNOTATION)
+    if cause:
+        author["changeCause"] = str(cause)[:1024]
+    return author
+
+
+def origin_of(meta: dict[str, Any], data_checksum: str) -> dict[str, Any]:
+    """``rollback`` when the rollback annotation names exactly this data, else ``apply``.
+
+    ``etcdconfig rollback`` writes the annotation together with the data; a later
+    apply that changes the data no longer matches its checksum, so a stale
+    annotation never mislabels a change.
+    """
+    raw = (meta.get("annotations") or {}).get(ROLLBACK_ANNOTATION)
+    if raw:
+        try:
+            note = json.loads(raw)
+            if note.get("checksum") == data_checksum and isinstance(note.get("fromVersion"), int):
+                return {"kind": "rollback", "fromVersion": note["fromVersion"]}
+        except (ValueError, AttributeError):
+            pass
+    return {"kind": "apply"}
+
+
+@dataclass
+class StatusBuilder:
+    """Builds ``status`` keeping ``lastTransitionTime`` when a condition's status is unchanged."""
+
+    generation: int
+    previous: list[dict[str, Any]] = field(default_factory=list)
+    now: str = field(default_factory=now_rfc3339)
+    conditions: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def set(self, type_: str, status: bool | None, reason: str, message: str) -> StatusBuilder:
+        value = "Unknown" if status is None else ("True" if status else "False")
+        old = next((c for c in self.previous if c.get("type") == type_), None)
+        changed = old is None or old.get("status") != value
+        self.conditions[type_] = {
+            "type": type_,
+            "status": value,
+            "observedGeneration": self.generation,
+            "lastTransitionTime": self.now if changed else old.get("lastTransitionTime", self.now),  # type: ignore[union-attr]
+            "reason": reason,
+            "message": message[:MAX_MESSAGE],
+        }
+        return self
+
+    def keep(self, type_: str, default: tuple[bool | None, str, str]) -> StatusBuilder:
+        old = next((c for c in self.previous if c.get("type") == type_), None)
+        if old is not None:
+            self.conditions[type_] = {**old, "observedGeneration": self.generation}
+        else:
+            self.set(type_, *default)
+        return self
+
+    def build(self, **fields: Any) -> dict[str, Any]:
+        conditions = [self.conditions[t] for t in CONDITION_TYPES if t in self.conditions]
+        status: dict[str, Any] = {"observedGeneration": self.generation, **fields}
+        status["conditions"] = conditions
+        return status
+
+
+def head_fields(
+    version: int | None, checksum: str | None, recorded_at: str | None
+) -> dict[str, Any]:
+    return {
+        "version": version,
+        "checksum": checksum,
+        "shortChecksum": checksum.split(":", 1)[-1][:12] if checksum else None,
+        "recordedAt": recorded_at,
+    }
+
+
+def status_recorded(
+    generation: int,
+    previous: list[dict[str, Any]],
+    *,
+    version: int,
+    checksum: str | None,
+    recorded_at: str,
+    recorded_now: bool,
+) -> dict[str, Any]:
+    b = StatusBuilder(generation, previous)
+    b.set("Ready", True, "Recorded", f"version {version} is the head")
+    b.set("Valid", True, "Valid", "data satisfies the schema")
+    b.set(
+        "Recorded",
+        True,
+        "Recorded",
+        f"generation {generation} recorded as version {version}"
+        if recorded_now
+        else f"generation {generation} is recorded; head is version {version}",
+    )
+    b.keep("Intact", (True, "ReadBackVerified", "the head record was read back and verified"))
+    if b.conditions["Intact"]["status"] == "False":
+        b.set("Ready", False, "IntegrityViolation", b.conditions["Intact"]["message"])
+    b.set("Reconciling", False, "Recorded", "")
+    b.set("Stalled", False, "Recorded", "")
+    return b.build(**head_fields(version, checksum, recorded_at))
+
+
+def status_invalid(
+    generation: int,
+    previous: list[dict[str, Any]],
+    issues: list[ValidationIssue],
+    head: tuple[int | None, str | None, str | None],
+) -> dict[str, Any]:
+    reason = issue_reason(issues)
+    message = format_issues(issues)
+    b = StatusBuilder(generation, previous)
+    b.set("Ready", False, reason, f"generation {generation} was not recorded: {message}")
+    b.set("Valid", False, reason, message)
+    b.set(
+        "Recorded",
+        False,
+        reason,
+        f"not recorded; the head stays version {head[0]}" if head[0] else "nothing recorded yet",
+    )
+    b.keep("Intact", (None, "NotVerified", "not verified yet"))
+    b.set("Reconciling", False, reason, "")
+    b.set("Stalled", True, reason, "fix spec to continue: " + message)
+    return b.build(**head_fields(*head))
+
+
+def status_pending(
+    generation: int,
+    previous: list[dict[str, Any]],
+    reason: str,
+    message: str,
+    head: tuple[int | None, str | None, str | None],
+) -> dict[str, Any]:
+    """etcd unreachable, lock busy, …: the operator keeps retrying with backoff."""
+    b = StatusBuilder(generation, previous)
+    b.set("Ready", False, reason, message)
+    b.keep("Valid", (None, "NotValidated", "not validated yet"))
+    b.set("Recorded", False, reason, message)
+    b.keep("Intact", (None, "NotVerified", "not verified yet"))
+    b.set("Reconciling", True, reason, message)
+    b.set("Stalled", False, reason, "")
+    return b.build(**head_fields(*head))
+
+
+def status_integrity(
+    current: dict[str, Any], generation: int, problems: list[str]
+) -> dict[str, Any]:
+    """Update ``Intact`` (and ``Ready``) after an integrity scan."""
+    previous = list(current.get("conditions") or [])
+    b = StatusBuilder(int(current.get("observedGeneration") or generation), previous)
+    for c in previous:
+        if c.get("type") in CONDITION_TYPES:
+            b.conditions[c["type"]] = c
+    if problems:
+        msg = format_issues([ValidationIssue("store", p) for p in problems])
+        b.set("Intact", False, "IntegrityViolation", msg)
+        b.set("Ready", False, "IntegrityViolation", msg)
+    else:
+        b.set("Intact", True, "Verified", "every stored version and the checksum chain verified")
+        ready = b.conditions.get("Ready")
+        if ready and ready.get("reason") == "IntegrityViolation":
+            b.set("Ready", True, "Recorded", f"version {current.get('version')} is the head")
+    fields = {
+        k: v for k, v in current.items() if k not in ("conditions", "observedGeneration", "kopf")
+    }
+    return b.build(**fields)
+
+
+def status_differs(current: dict[str, Any], desired: dict[str, Any]) -> bool:
+    """True if patching ``desired`` would change ``current`` (ignoring kopf's own fields)."""
+    return any(current.get(k) != v for k, v in desired.items())

@@ -1,0 +1,78 @@
+"""Operator and CLI settings: flags override ``ETCDCONFIG_*`` environment variables."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from etcdconfig.etcd import EtcdSettings, TLSFiles
+
+
+def _split(value: object) -> object:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ETCDCONFIG_", extra="ignore")
+
+    # etcd
+    etcd_endpoints: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1:2379"]
+    )
+    etcd_prefix: str = "/etcdconfig"
+    etcd_ca_file: Path | None = None
+    etcd_cert_file: Path | None = None
+    etcd_key_file: Path | None = None
+    etcd_username: str | None = None
+    etcd_password: SecretStr | None = None
+    etcd_timeout: float = 5.0
+    etcd_max_request_bytes: int = 1572864
+
+    # Kubernetes
+    kubeconfig: str | None = None
+    context: str | None = None
+    namespaces: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # replicas and locks
+    replica_id: str = Field(default_factory=socket.gethostname)
+    lock_ttl: int = Field(default=10, ge=2, description="session lease TTL (seconds)")
+    acquire_timeout: float = 30.0
+    hold_timeout: float = 30.0
+    resync_interval: float = 60.0
+    integrity_interval: float = 600.0
+    resync_concurrency: int = 8
+
+    # serving
+    http_addr: str = "0.0.0.0"
+    http_port: int = 8080
+    webhook_enabled: bool = False
+    webhook_addr: str = "0.0.0.0"
+    webhook_port: int = 9443
+    webhook_cert_file: Path | None = None
+    webhook_key_file: Path | None = None
+
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("etcd_endpoints", "namespaces", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return _split(value)
+
+    def etcd(self) -> EtcdSettings:
+        tls = None
+        if self.etcd_ca_file or self.etcd_cert_file or self.etcd_key_file:
+            tls = TLSFiles(self.etcd_ca_file, self.etcd_cert_file, self.etcd_key_file)
+        return EtcdSettings(
+            endpoints=tuple(self.etcd_endpoints),
+            tls=tls,
+            username=self.etcd_username,
+            password=self.etcd_password.get_secret_value() if self.etcd_password else None,
+            request_timeout=self.etcd_timeout,
+        )
