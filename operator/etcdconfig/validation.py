@@ -137,6 +137,7 @@ class Validator:
     def __init__(self, cache_size: int = 4096) -> None:
         self._cache: OrderedDict[tuple[str, str], tuple[ValidationIssue, ...]] = OrderedDict()
         self._cache_size = cache_size
+        self._schemas: OrderedDict[str, tuple[ValidationIssue, ...]] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
@@ -147,10 +148,22 @@ class Validator:
         issues = check_ijson(data)
         if schema is None or issues:
             return issues
-        schema_issues = check_schema(schema)
+        if not isinstance(schema, dict | bool):
+            return check_schema(schema)
+        if isinstance(schema, dict):
+            ijson = check_ijson(schema, "schema")
+            if ijson:
+                return ijson
+        schema_sum = checksum(schema, "schema")
+        schema_issues = self._schemas.get(schema_sum)
+        if schema_issues is None:
+            schema_issues = tuple(check_schema(schema))
+            self._schemas[schema_sum] = schema_issues
+            if len(self._schemas) > self._cache_size:
+                self._schemas.popitem(last=False)
         if schema_issues:
-            return schema_issues
-        key = (checksum(schema, "schema"), checksum(data))
+            return list(schema_issues)
+        key = (schema_sum, checksum(data))
         cached = self._cache.get(key)
         if cached is not None:
             self.hits += 1

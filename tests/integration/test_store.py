@@ -195,7 +195,8 @@ class FlakyClient(EtcdClient):
 
     async def txn(self, *args: Any, **kwargs: Any) -> Any:
         result = await super().txn(*args, **kwargs)
-        if self.fail_next_txn and len(args[1]) >= 3:  # the commit, not the lock put
+        is_commit = any(b"/versions/" in getattr(op, "key", b"") for op in args[1])
+        if self.fail_next_txn and is_commit:
             self.fail_next_txn = False
             raise EtcdUnavailable("simulated timeout after the commit landed")
         return result

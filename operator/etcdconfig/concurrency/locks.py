@@ -58,7 +58,9 @@ class ConfigLocks:
         self.on_acquired: list[Callable[[str, str, float], None]] = []
 
     @contextlib.asynccontextmanager
-    async def hold(self, namespace: str, name: str) -> AsyncIterator[Mutex]:
+    async def hold(
+        self, namespace: str, name: str, *, prefetch: tuple[bytes, ...] = ()
+    ) -> AsyncIterator[Mutex]:
         key = (namespace, name)
         local = self._local.setdefault(key, _Local())
         local.users += 1
@@ -77,7 +79,7 @@ class ConfigLocks:
                     self.session, lock_prefix(self.prefix, namespace, name), identity=self.identity
                 )
                 remaining = max(0.0, self.acquire_timeout - (time.monotonic() - started))
-                await mutex.acquire(remaining)
+                await mutex.acquire(remaining, prefetch=prefetch)
                 waited = time.monotonic() - started
                 for cb in self.on_acquired:
                     cb(namespace, name, waited)

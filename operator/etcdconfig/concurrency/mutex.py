@@ -8,7 +8,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from etcdconfig.errors import Compacted, EtcdError, EtcdUnavailable, LockLost, LockTimeout
-from etcdconfig.etcd import Compare, DeleteRange, Put, Range, prefix_end
+from etcdconfig.etcd import Compare, DeleteRange, KeyValue, Put, Range, prefix_end
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -33,6 +33,9 @@ class Mutex:
         self.revision = 0  # create revision of our key once acquired: the fencing token
         self.held = False
         self.contended = False  # had to wait behind another holder
+        # keys read in the acquiring transaction (uncontended path only): a caller
+        # saves a round trip by reading e.g. the head together with the lock
+        self.prefetched: dict[bytes, KeyValue | None] = {}
 
     def is_owner(self) -> Compare:
         """Compare that holds only while this mutex still owns the lock."""
@@ -40,13 +43,21 @@ class Mutex:
             raise LockLost(f"lock {self.prefix} is not held")
         return Compare.create_revision(self.key, "=", self.revision)
 
-    async def acquire(self, timeout: float | None = None) -> None:
+    def take_prefetched(self, key: bytes) -> tuple[bool, KeyValue | None]:
+        """``(True, kv-or-None)`` if ``key`` was read when the lock was taken (once)."""
+        if key in self.prefetched:
+            return True, self.prefetched.pop(key)
+        return False, None
+
+    async def acquire(
+        self, timeout: float | None = None, *, prefetch: tuple[bytes, ...] = ()
+    ) -> None:
         """Wait until this holder is first in line. On timeout (or cancellation)
         remove our waiter key and raise; never return without the lock."""
         self.session.check()
         try:
             async with asyncio.timeout(timeout):
-                await self._acquire()
+                await self._acquire(prefetch)
         except TimeoutError:
             holder = await self._holder_name()
             await self._abandon()
@@ -58,13 +69,17 @@ class Mutex:
             await self._abandon()
             raise
 
-    async def _acquire(self) -> None:
+    async def _acquire(self, prefetch: tuple[bytes, ...]) -> None:
         prefix = self.prefix.encode()
         end = prefix_end(prefix)
+        # one round trip when uncontended: create our key (or find it) and read the
+        # current owner (the oldest key) in the same transaction, as etcd's Mutex does
+        owner = Range(prefix, end, limit=1, sort_by_create=True)
+        reads = [Range(k) for k in prefetch]
         res = await self.session.client.txn(
             [Compare.create_revision(self.key, "=", 0)],
-            [Put(self.key, self.identity.encode(), lease=self.session.lease_id)],
-            [Range(self.key)],
+            [Put(self.key, self.identity.encode(), lease=self.session.lease_id), owner, *reads],
+            [Range(self.key), owner, *reads],
         )
         if res.succeeded:
             self.revision = res.revision
@@ -73,6 +88,12 @@ class Mutex:
             assert first is not None
             assert first.kvs
             self.revision = first.kvs[0].create_revision
+        owner_res = res.responses[1]
+        if owner_res is not None and owner_res.kvs and owner_res.kvs[0].key == self.key:
+            for key, r in zip(prefetch, res.responses[2:], strict=True):
+                self.prefetched[key] = r.kvs[0] if r is not None and r.kvs else None
+            self.held = True
+            return
         # wait for every key created before ours to go away
         while True:
             self.session.check()
@@ -124,6 +145,7 @@ class Mutex:
     async def _abandon(self) -> None:
         """Delete our waiter key (only ours: compare its create revision)."""
         rev, self.revision, self.held = self.revision, 0, False
+        self.prefetched.clear()
         if rev:
             with contextlib.suppress(EtcdError):
                 await asyncio.shield(
@@ -138,6 +160,7 @@ class Mutex:
     def released_by_commit(self) -> None:
         """The commit transaction deleted our key itself (release in the same txn)."""
         self.revision, self.held = 0, False
+        self.prefetched.clear()
 
     @contextlib.asynccontextmanager
     async def hold(self, timeout: float | None = None) -> AsyncIterator[Mutex]:

@@ -165,7 +165,15 @@ def _op_pb(op: TxnOp) -> Any:
         )
     return rpc_pb2.RequestOp(
         request_range=rpc_pb2.RangeRequest(
-            key=op.key, range_end=op.range_end or b"", limit=op.limit
+            key=op.key,
+            range_end=op.range_end or b"",
+            limit=op.limit,
+            sort_order=rpc_pb2.RangeRequest.ASCEND
+            if op.sort_by_create
+            else rpc_pb2.RangeRequest.NONE,
+            sort_target=rpc_pb2.RangeRequest.CREATE
+            if op.sort_by_create
+            else rpc_pb2.RangeRequest.KEY,
         )
     )
 

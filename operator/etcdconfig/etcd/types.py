@@ -73,6 +73,7 @@ class Range:
     key: bytes
     range_end: bytes | None = None
     limit: int = 0
+    sort_by_create: bool = False  # ascending by create revision (oldest first)
 
 
 TxnOp = Put | DeleteRange | Range

@@ -191,7 +191,8 @@ class VersionedStore:
 
     async def record(self, change: ChangeRequest, locks: ConfigLocks) -> CommitResult:
         """Lock the Config, commit, release (the commit releases in its own transaction)."""
-        async with locks.hold(change.namespace, change.name) as mutex:
+        head_key = self.keys.head(change.namespace, change.name)
+        async with locks.hold(change.namespace, change.name, prefetch=(head_key,)) as mutex:
             return await self.commit(change, mutex)
 
     async def commit(self, change: ChangeRequest, mutex: Mutex) -> CommitResult:
@@ -231,7 +232,11 @@ class VersionedStore:
     ) -> CommitResult:
         ns, name = change.namespace, change.name
         head_key = self.keys.head(ns, name)
-        head_kv, _ = await self.client.get(head_key)
+        # the head as read in the lock's own transaction saves a round trip; after an
+        # unknown outcome or a retry, always read it afresh
+        found, head_kv = mutex.take_prefetched(head_key)
+        if not found or attempt > 1 or after_unknown:
+            head_kv, _ = await self.client.get(head_key)
         head = (
             Head.parse(
                 head_kv.value, mod_revision=head_kv.mod_revision, what=f"head of {ns}/{name}"
@@ -312,6 +317,9 @@ class VersionedStore:
             Compare.mod_revision(head_key, "=", head_kv.mod_revision if head_kv else 0),
             Compare.create_revision(version_key, "=", 0),
         ]
+        # read the version back inside the same transaction: etcd applies the ops in
+        # order, so this returns what it stored (post-update integrity, no extra round trip)
+        success.append(Range(version_key))
         res = await self.client.txn(
             compares, success, [Range(head_key), Range(mutex.key), Range(version_key)]
         )
@@ -320,11 +328,14 @@ class VersionedStore:
             return self._classify_failure(change, mutex, res.responses, head_kv, attempt)
         mutex.released_by_commit()
         self.stats["commits"] += 1
-        stored = await self.get_version(ns, name, version)
-        if stored.record_checksum() != rc:
+        # records are stored canonical: the bytes read back must hash to recordChecksum
+        readback = res.responses[-1]
+        stored = readback.kvs[0] if readback is not None and readback.kvs else None
+        if stored is None or sha256_of(stored.value) != rc:
+            found_rc = sha256_of(stored.value) if stored else "missing"
             raise CorruptRecord(
-                f"{ns}/{name} version {version} read back with a different record checksum "
-                f"({stored.record_checksum()} != {rc})"
+                f"{ns}/{name} version {version} did not read back as written "
+                f"(record checksum {found_rc} != {rc})"
             )
         return CommitResult(
             head=new_head, recorded=True, record=VersionRecord(raw=record), attempts=attempt
