@@ -7,6 +7,7 @@ import json
 import queue
 import subprocess
 import threading
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -235,15 +236,17 @@ def test_non_admin_user_is_limited_to_what_rbac_grants(
 def test_namespace_deletion_completes(control_plane: ControlPlane) -> None:
     cp = control_plane
     apply_crd(cp)
-    cp.kubectl("create", "namespace", "e2e-doomed")
-    cp.kubectl("create", "configmap", "c", "-n", "e2e-doomed", "--from-literal=k=v")
-    cp.kubectl("apply", "-f", "-", input=widget("w", "e2e-doomed", 2))
+    doomed = f"e2e-doomed-{uuid.uuid4().hex[:8]}"
+    cp.kubectl("create", "namespace", doomed)
+    cp.kubectl("create", "configmap", "c", "-n", doomed, "--from-literal=k=v")
+    cp.kubectl("apply", "-f", "-", input=widget("w", doomed, 2))
 
-    cp.kubectl("delete", "namespace", "e2e-doomed", "--wait=false")
-    cp.kubectl("wait", "--for=delete", "namespace/e2e-doomed", "--timeout=90s")
-    result = cp.kubectl("get", "namespace", "e2e-doomed", check=False)
+    cp.kubectl("delete", "namespace", doomed, "--wait=false")
+    # the namespace controller (in kube-controller-manager) empties it, then it goes
+    cp.kubectl("wait", "--for=delete", f"namespace/{doomed}", "--timeout=90s")
+    result = cp.kubectl("get", "namespace", doomed, check=False)
     assert result.returncode == 1
-    assert 'namespaces "e2e-doomed" not found' in result.stderr
+    assert f'namespaces "{doomed}" not found' in result.stderr
 
 
 def test_garbage_collector_deletes_dependents(control_plane: ControlPlane, namespace: str) -> None:
