@@ -31,6 +31,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -126,7 +127,7 @@ def run_go(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> str
 
 
 def _go_build(tool: GoTool, wrapper: Path, out: Path) -> None:
-    """``go build -v``, streaming the package count as progress (builds take minutes)."""
+    """``go build -v``, reporting the package count as progress (builds take minutes)."""
     args = [go_binary(), "build", "-v", "-trimpath", "-o", str(out)]
     if tool.ldflags:
         args += ["-ldflags", " ".join(tool.ldflags)]
@@ -134,19 +135,28 @@ def _go_build(tool: GoTool, wrapper: Path, out: Path) -> None:
     proc = subprocess.Popen(
         [*args, tool.package], cwd=wrapper, env=env, stderr=subprocess.PIPE, text=True
     )
-    assert proc.stderr is not None
     tail: deque[str] = deque(maxlen=60)
-    compiled = 0
-    start = last = time.monotonic()
-    for line in proc.stderr:
-        tail.append(line)
-        if not line.startswith(("#", " ", "\t")) and " " not in line.strip():
-            compiled += 1  # `-v` prints each package it compiles (cached ones are skipped)
-        now = time.monotonic()
-        if now - last >= _PROGRESS_EVERY:
-            _log(f"  {tool.name}: {compiled} packages compiled, {now - start:.0f}s elapsed")
-            last = now
-    if proc.wait() != 0:
+    compiled = [0]
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            tail.append(line)
+            if not line.startswith(("#", " ", "\t")) and " " not in line.strip():
+                compiled[0] += 1  # `-v` names each package it compiles (cached ones: not)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    start = time.monotonic()
+    while True:
+        try:
+            proc.wait(timeout=_PROGRESS_EVERY)
+            break
+        except subprocess.TimeoutExpired:
+            elapsed = time.monotonic() - start
+            _log(f"  {tool.name}: {compiled[0]} packages compiled, {elapsed:.0f}s elapsed")
+    reader.join()
+    if proc.returncode != 0:
         stderr = "".join(tail)
         raise BuildError(
             f"building {tool.package} failed in {wrapper}:\n{stderr}{_explain(stderr)}"
