@@ -20,6 +20,11 @@ class EtcdUnavailable(EtcdError):
     """No etcd endpoint answered in time. For a write, the outcome is unknown."""
 
 
+class EtcdTLSError(EtcdUnavailable):
+    """The TLS handshake with etcd failed: a CA that does not match etcd's server
+    certificate, or a client certificate etcd refuses (missing, expired, untrusted)."""
+
+
 class EtcdAuthError(EtcdError):
     """etcd refused our identity: wrong user/password, client certificate, or missing role."""
 

@@ -75,4 +75,5 @@ class Settings(BaseSettings):
             username=self.etcd_username,
             password=self.etcd_password.get_secret_value() if self.etcd_password else None,
             request_timeout=self.etcd_timeout,
+            prefix=self.etcd_prefix,
         )

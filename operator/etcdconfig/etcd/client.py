@@ -8,15 +8,24 @@ This is the only module that imports gRPC or the generated stubs. Rules:
 - watches report compaction (``Compacted``) and cancellation instead of
   silently ending;
 - TLS with client certificates and user/password auth (token in metadata,
-  re-authenticated when etcd says the token is no longer valid).
+  re-authenticated when etcd says the token is no longer valid);
+- every failure names its cause: a refused TLS handshake, a wrong password, a
+  role that does not grant the key range (with the identity and the key).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import ssl
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
+
+# gRPC's C core logs TLS failures to stderr in its own unstructured format, duplicating
+# what _map_error says in words; keep it quiet unless GRPC_VERBOSITY asks otherwise
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import grpc
 import grpc.aio
@@ -26,6 +35,7 @@ from etcdconfig.errors import (
     EtcdAuthError,
     EtcdError,
     EtcdPermissionDenied,
+    EtcdTLSError,
     EtcdUnavailable,
     LeaseNotFound,
     RequestTooLarge,
@@ -41,6 +51,7 @@ from etcdconfig.etcd.types import (
     RangeResult,
     TxnOp,
     TxnResult,
+    prefix_end,
 )
 
 if TYPE_CHECKING:
@@ -82,7 +93,10 @@ class EtcdSettings:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     request_timeout: float = 5.0
+    # bounds the whole of connect(): a bad TLS setup or a silent endpoint fails within it
     connect_timeout: float = 5.0
+    # the key prefix this client works under: connect() checks that the identity may read it
+    prefix: str | None = None
 
 
 def _strip_scheme(endpoint: str) -> tuple[str, bool | None]:
@@ -112,19 +126,57 @@ def _range_result(resp: Any) -> RangeResult:
     )
 
 
-def _map_error(exc: grpc.aio.AioRpcError, what: str) -> EtcdError:
+# what gRPC's details say when the TLS handshake failed (BoringSSL and TSI wording)
+_TLS_MARKERS = ("handshake", "CERTIFICATE", "certificate", "TSI_", "SSL_ERROR", "Unwrap failed")
+
+
+def _tls_hint(details: str) -> str:
+    """What a failed handshake most likely means, from gRPC's terse details."""
+    if "CERTIFICATE_VERIFY_FAILED" in details:
+        reason = details.rsplit("CERTIFICATE_VERIFY_FAILED:", 1)[-1].split(":")[0].strip()
+        return (
+            f"etcd's server certificate was not accepted ({reason or 'verification failed'}); "
+            "check the CA file and that the certificate is valid for this address"
+        )
+    if "TSI_DATA_CORRUPTED" in details or "Unwrap failed" in details:
+        return (
+            "etcd closed the connection after the handshake: it refused our client "
+            "certificate (missing, expired, or signed by a CA etcd does not trust)"
+        )
+    return "check the CA / client certificate"
+
+
+def _map_error(exc: grpc.aio.AioRpcError, what: str, identity: str = "") -> EtcdError:
     code = exc.code()
     details = exc.details() or ""
     text = f"etcd {what} failed: {details or code.name}"
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN) and any(
+        m in details for m in _TLS_MARKERS
+    ):
+        return EtcdTLSError(
+            f"TLS handshake with etcd failed during {what}: {_tls_hint(details)} ({details})"
+        )
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return EtcdUnavailable(text)
+    who = f" for {identity}" if identity else ""
     if code == grpc.StatusCode.PERMISSION_DENIED:
         return EtcdPermissionDenied(
-            f"{text} (the etcd user's role does not grant this key range; "
-            "grant readwrite on the configured prefix)"
+            f"{text}{who} (the etcd user's roles do not grant this key range; grant readwrite "
+            "on the configured prefix: `etcdctl role grant-permission --prefix=true ROLE "
+            "readwrite PREFIX/`)"
+        )
+    if "user name is empty" in details:
+        return EtcdAuthError(
+            f"{text} (etcd has authentication enabled: configure an etcd username and password, "
+            "or a client certificate whose common name is an etcd user)"
+        )
+    if "authentication is not enabled" in details:
+        return EtcdAuthError(
+            f"{text} (an etcd username is configured but etcd has authentication disabled; "
+            "enable it with `etcdctl auth enable` or drop the username)"
         )
     if code == grpc.StatusCode.UNAUTHENTICATED or "authentication failed" in details:
-        return EtcdAuthError(f"{text} (check the etcd username and password)")
+        return EtcdAuthError(f"{text}{who} (check the etcd username and password)")
     if code == grpc.StatusCode.OUT_OF_RANGE and "compacted" in details:
         return Compacted(text)
     if code == grpc.StatusCode.NOT_FOUND and "lease" in details:
@@ -134,6 +186,13 @@ def _map_error(exc: grpc.aio.AioRpcError, what: str) -> EtcdError:
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return RequestTooLarge(text)
     return EtcdError(text)
+
+
+def _key_text(key: bytes, range_end: bytes | None = None) -> str:
+    text = repr(key.decode(errors="replace"))
+    if range_end and range_end == prefix_end(key):
+        return f"keys under {text}"
+    return text if not range_end else f"{text}..{range_end.decode(errors='replace')!r}"
 
 
 def _compare_pb(c: Compare) -> Any:
@@ -201,33 +260,71 @@ class _Endpoint:
         self.cluster = rpc_pb2_grpc.ClusterStub(self.channel)
 
 
+def _read_pem(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise EtcdTLSError(f"cannot read the etcd {what} {path}: {exc.strerror or exc}") from exc
+
+
 class EtcdClient:
-    """An asyncio etcd v3 client over one or more endpoints."""
+    """An asyncio etcd v3 client over one or more endpoints.
+
+    Channels open on first use, so a TLS file that cannot be read is reported by
+    ``connect()`` like every other connection problem.
+    """
 
     def __init__(self, settings: EtcdSettings) -> None:
         self.settings = settings
-        creds: grpc.ChannelCredentials | None = None
-        addresses = [_strip_scheme(e) for e in settings.endpoints]
-        if not addresses:
+        self._addresses = [addr for addr, _ in map(_strip_scheme, settings.endpoints)]
+        if not self._addresses:
             raise EtcdError("no etcd endpoints configured")
-        use_tls = settings.tls is not None or any(tls for _, tls in addresses)
-        if use_tls:
-            tls = settings.tls or TLSFiles()
-            creds = grpc.ssl_channel_credentials(
-                root_certificates=tls.ca_file.read_bytes() if tls.ca_file else None,
-                private_key=tls.key_file.read_bytes() if tls.key_file else None,
-                certificate_chain=tls.cert_file.read_bytes() if tls.cert_file else None,
-            )
-        self._endpoints = [_Endpoint(addr, creds) for addr, _ in addresses]
+        self._use_tls = settings.tls is not None or any(
+            tls for _, tls in map(_strip_scheme, settings.endpoints)
+        )
+        self._opened: list[_Endpoint] | None = None
         self._current = 0
         self._token: str | None = None
         self._auth_lock = asyncio.Lock()
 
     # --- plumbing -------------------------------------------------------------------------
 
+    def _credentials(self) -> grpc.ChannelCredentials | None:
+        if not self._use_tls:
+            return None
+        tls = self.settings.tls or TLSFiles()
+        if (tls.cert_file is None) != (tls.key_file is None):
+            raise EtcdTLSError(
+                "an etcd client certificate needs both the certificate and the key file"
+            )
+        return grpc.ssl_channel_credentials(
+            root_certificates=_read_pem(tls.ca_file, "CA file") if tls.ca_file else None,
+            private_key=_read_pem(tls.key_file, "client key file") if tls.key_file else None,
+            certificate_chain=_read_pem(tls.cert_file, "client certificate file")
+            if tls.cert_file
+            else None,
+        )
+
+    @property
+    def _endpoints(self) -> list[_Endpoint]:
+        if self._opened is None:
+            creds = self._credentials()
+            self._opened = [_Endpoint(addr, creds) for addr in self._addresses]
+        return self._opened
+
     @property
     def endpoint(self) -> _Endpoint:
         return self._endpoints[self._current]
+
+    @property
+    def identity(self) -> str:
+        """Who etcd sees us as, in words (for error messages)."""
+        if self.settings.username:
+            return f"etcd user {self.settings.username!r}"
+        tls = self.settings.tls
+        if tls is not None and tls.cert_file is not None:
+            return f"the etcd user named by the common name of {tls.cert_file}"
+        return "an anonymous etcd client"
 
     def _rotate(self) -> None:
         self._current = (self._current + 1) % len(self._endpoints)
@@ -278,24 +375,165 @@ class EtcdClient:
                     self._rotate()
                     i += 1
                     continue
-                raise _map_error(exc, what) from exc
+                raise _map_error(exc, what, self.identity) from exc
         assert last is not None
-        raise _map_error(last, what) from last
+        raise _map_error(last, what, self.identity) from last
 
-    async def connect(self) -> None:
-        """Check that etcd answers (and authenticate): fail fast with the cause."""
-        await self._authenticate()
+    async def connect(self, *, prefix: str | None = None, write: bool = False) -> None:
+        """Check that etcd answers over the configured transport and accepts our identity,
+        and that the identity may read keys under ``prefix`` (default: the settings'
+        prefix) and, with ``write``, write them. Fails within ``connect_timeout`` with an
+        error that names the cause (TLS, password, role, or an unreachable endpoint)."""
+        prefix = prefix if prefix is not None else self.settings.prefix
+        names = ", ".join(self._addresses)
         try:
-            await self.range(b"\0", limit=1, serializable=True)
-        except EtcdUnavailable as exc:
-            names = ", ".join(e.address for e in self._endpoints)
+            async with asyncio.timeout(self.settings.connect_timeout):
+                try:
+                    await self._check_access(prefix, write=write)
+                except EtcdUnavailable as exc:
+                    if self._use_tls:
+                        cause = await self._diagnose_tls()
+                    elif await self._speaks_tls():
+                        cause = (
+                            "etcd expects TLS and we connected without it; use an https:// "
+                            "endpoint with the CA file (and a client certificate)"
+                        )
+                    else:
+                        cause = None
+                    if cause is not None:
+                        raise EtcdTLSError(
+                            f"TLS handshake with etcd at {self.endpoint.address} failed: {cause}"
+                        ) from exc
+                    if isinstance(exc, EtcdTLSError):
+                        raise
+                    raise EtcdUnavailable(
+                        f"cannot reach etcd at {names}: {exc} (is it running, and are TLS "
+                        "settings and the CA right?)"
+                    ) from exc
+        except TimeoutError as exc:
             raise EtcdUnavailable(
-                f"cannot reach etcd at {names}: {exc} (is it running, and are TLS "
-                "settings and the CA right?)"
+                f"etcd at {names} did not answer within {self.settings.connect_timeout:g}s "
+                "(is it running, and does it speak TLS exactly when we do?)"
             ) from exc
 
+    async def _check_access(self, prefix: str | None, *, write: bool) -> None:
+        await self._authenticate()
+        if prefix is None:
+            # etcd answered and knows who we are; there is no key range to check
+            with contextlib.suppress(EtcdPermissionDenied):
+                await self.range(b"\0", limit=1, serializable=True, keys_only=True)
+            return
+        root = prefix.rstrip("/").encode() + b"/"
+        try:
+            await self.range(root, prefix_end(root), limit=1, serializable=True, keys_only=True)
+        except EtcdPermissionDenied as exc:
+            raise EtcdPermissionDenied(
+                f"{self.identity} may not read keys under {root.decode()!r}: its etcd roles do "
+                f"not grant the configured prefix (grant it with `etcdctl role grant-permission "
+                f"--prefix=true ROLE readwrite {root.decode()}`)"
+            ) from exc
+        if write:
+            # etcd checks the permissions of both branches of a transaction before it
+            # evaluates the compare; this compare is never true, so nothing is written
+            probe = root + b".access-check"
+            try:
+                await self.txn([Compare.create_revision(probe, "<", 0)], [Put(probe, b"")])
+            except EtcdPermissionDenied as exc:
+                raise EtcdPermissionDenied(
+                    f"{self.identity} may read but not write keys under {root.decode()!r}: "
+                    "the operator needs readwrite on the configured prefix"
+                ) from exc
+
+    async def _diagnose_tls(self) -> str | None:
+        """Why the TLS handshake failed, in words. gRPC reports a refused client
+        certificate only as "Unwrap failed"; a handshake of our own with the stdlib
+        ``ssl`` module reads the alert etcd sent. None: TLS is not the problem."""
+        tls = self.settings.tls or TLSFiles()
+        host, _, port = self.endpoint.address.rpartition(":")
+        try:
+            ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+            ctx.set_alpn_protocols(["h2"])
+            if tls.cert_file is not None and tls.key_file is not None:
+                ctx.load_cert_chain(tls.cert_file, tls.key_file)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            return f"the TLS files cannot be loaded ({exc}); check the CA, certificate and key"
+        ca = f"the CA file {tls.ca_file}" if tls.ca_file else "the system's CA store (no CA file)"
+        cert = tls.cert_file
+        handshaken = False
+        try:
+            async with asyncio.timeout(2.0):
+                reader, writer = await asyncio.open_connection(
+                    host.strip("[]"), int(port), ssl=ctx, server_hostname=host.strip("[]")
+                )
+                handshaken = True
+                try:
+                    # TLS 1.3 finishes the client's side of the handshake before the server
+                    # judges our certificate: its verdict (an alert, or its first HTTP/2
+                    # frame) comes with the first read
+                    writer.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+                    await writer.drain()
+                    await reader.read(1)
+                finally:
+                    writer.close()
+                    with contextlib.suppress(Exception):
+                        await writer.wait_closed()
+        except ssl.SSLCertVerificationError as exc:
+            return (
+                f"etcd's server certificate was not accepted ({exc.verify_message}); "
+                f"check {ca} and that the certificate is valid for {host}"
+            )
+        except ssl.SSLError as exc:
+            reason = str(exc.reason or exc)
+            if "CERTIFICATE_REQUIRED" in reason:
+                return "etcd requires a client certificate and none is configured"
+            if "EXPIRED" in reason:
+                return f"etcd refused our client certificate {cert}: it has expired"
+            if "UNKNOWN_CA" in reason or "BAD_CERTIFICATE" in reason:
+                return (
+                    f"etcd refused our client certificate {cert}: it is not signed by a CA "
+                    f"etcd trusts ({reason})"
+                )
+            if "WRONG_VERSION_NUMBER" in reason or "RECORD_LAYER" in reason:
+                return "etcd does not speak TLS on this port; use an http:// endpoint"
+            return f"{reason}; check the CA / client certificate"
+        except (ConnectionResetError, BrokenPipeError, asyncio.IncompleteReadError) as exc:
+            if not handshaken:
+                # a plain HTTP/2 server drops a TLS client hello without a word
+                return "etcd does not speak TLS on this port; use an http:// endpoint"
+            if cert is None:
+                return (
+                    "etcd closed the connection after the handshake; it may require a client "
+                    "certificate"
+                )
+            return (
+                f"etcd closed the connection after the handshake ({type(exc).__name__}): it "
+                f"most likely refused our client certificate {cert} (not signed by a CA it "
+                "trusts, or expired)"
+            )
+        except (OSError, TimeoutError):
+            return None  # not reachable at all: not a TLS problem
+        return None
+
+    async def _speaks_tls(self) -> bool:
+        """Whether the endpoint answers a TLS handshake (when we were told to speak plain)."""
+        host, _, port = self.endpoint.address.rpartition(":")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # a probe that sends nothing but a handshake
+        try:
+            async with asyncio.timeout(2.0):
+                _, writer = await asyncio.open_connection(host.strip("[]"), int(port), ssl=ctx)
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+        except ssl.SSLError as exc:
+            return "ALERT" in str(exc.reason or "")  # a TLS server that dislikes our hello
+        except (OSError, TimeoutError):
+            return False
+        return True
+
     async def close(self) -> None:
-        for ep in self._endpoints:
+        for ep in self._opened or ():
             await ep.channel.close()
 
     async def __aenter__(self) -> EtcdClient:
@@ -332,7 +570,9 @@ class EtcdClient:
             sort_target=rpc_pb2.RangeRequest.CREATE if sort_by_create else rpc_pb2.RangeRequest.KEY,
             max_create_revision=max_create_revision,
         )
-        resp = await self._call("range", lambda ep: ep.kv.Range, req, idempotent=True)
+        resp = await self._call(
+            f"range of {_key_text(key, range_end)}", lambda ep: ep.kv.Range, req, idempotent=True
+        )
         return _range_result(resp)
 
     async def get(self, key: bytes, *, revision: int = 0) -> tuple[KeyValue | None, int]:
@@ -341,12 +581,19 @@ class EtcdClient:
 
     async def put(self, key: bytes, value: bytes, *, lease: int = 0) -> int:
         req = rpc_pb2.PutRequest(key=key, value=value, lease=lease)
-        resp = await self._call("put", lambda ep: ep.kv.Put, req, idempotent=False)
+        resp = await self._call(
+            f"put of {_key_text(key)}", lambda ep: ep.kv.Put, req, idempotent=False
+        )
         return int(resp.header.revision)
 
     async def delete_range(self, key: bytes, range_end: bytes | None = None) -> tuple[int, int]:
         req = rpc_pb2.DeleteRangeRequest(key=key, range_end=range_end or b"")
-        resp = await self._call("delete", lambda ep: ep.kv.DeleteRange, req, idempotent=False)
+        resp = await self._call(
+            f"delete of {_key_text(key, range_end)}",
+            lambda ep: ep.kv.DeleteRange,
+            req,
+            idempotent=False,
+        )
         return int(resp.deleted), int(resp.header.revision)
 
     async def txn(
@@ -360,7 +607,9 @@ class EtcdClient:
             success=[_op_pb(o) for o in success],
             failure=[_op_pb(o) for o in failure],
         )
-        resp = await self._call("transaction", lambda ep: ep.kv.Txn, req, idempotent=False)
+        keys = [o.key for o in success] or [c.key for c in compare]
+        what = f"transaction on {_key_text(keys[0])}" if keys else "transaction"
+        resp = await self._call(what, lambda ep: ep.kv.Txn, req, idempotent=False)
         ran = success if resp.succeeded else failure
         out: list[RangeResult | None] = []
         for op, r in zip(ran, resp.responses, strict=True):
@@ -449,9 +698,13 @@ class EtcdClient:
                         compact_revision=int(resp.compact_revision),
                     )
                 if resp.canceled:
-                    raise EtcdError(
-                        f"etcd cancelled the watch: {resp.cancel_reason or 'no reason'}"
-                    )
+                    reason = resp.cancel_reason or "no reason"
+                    if "permission denied" in reason:
+                        raise EtcdPermissionDenied(
+                            f"etcd refused the watch of {_key_text(key, range_end)} for "
+                            f"{self.identity}: {reason} (grant read on the configured prefix)"
+                        )
+                    raise EtcdError(f"etcd cancelled the watch: {reason}")
                 if resp.created and not resp.events:
                     continue
                 events = [
@@ -466,7 +719,7 @@ class EtcdClient:
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 self._rotate()
-            raise _map_error(exc, "watch") from exc
+            raise _map_error(exc, "watch", self.identity) from exc
         finally:
             call.cancel()
 
