@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from tests.e2e.operator_env import crd, operator  # noqa: F401 - fixtures shared by every e2e module
 
 from etcdconfig.devenv.controlplane import ControlPlane
 from etcdconfig.devenv.etcd import EtcdServer

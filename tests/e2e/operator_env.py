@@ -66,6 +66,7 @@ class OperatorProcess:
     webhook_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    paused: bool = False
 
     @property
     def log_path(self) -> Path:
@@ -142,6 +143,16 @@ class OperatorProcess:
         if self.proc is not None and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
+
+    def pause(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGSTOP)
+            self.paused = True
+
+    def resume_if_paused(self) -> None:
+        if self.paused and self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+        self.paused = False
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

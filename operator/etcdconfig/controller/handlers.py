@@ -57,15 +57,19 @@ def build_registry(runtime: Runtime, reconciler: Reconciler) -> kopf.OperatorReg
             private_key_path=cfg.key_file,
         )
 
-    @kopf.on.resume(*RESOURCE, registry=registry, id="reconcile")
-    @kopf.on.create(*RESOURCE, registry=registry, id="reconcile")
-    @kopf.on.update(*RESOURCE, registry=registry, id="reconcile")
+    def owned(body: kopf.Body, **_: Any) -> bool:
+        assert runtime.membership is not None
+        return runtime.membership.owns(body.metadata.uid or "")
+
+    # Only the owner reconciles (the resync loop takes over when an owner goes away).
+    # The deletion handler is deliberately unfiltered: kopf strips the finalizer from
+    # objects for which no deletion handler matches, and deletion is idempotent.
+    @kopf.on.resume(*RESOURCE, registry=registry, id="reconcile", when=owned)
+    @kopf.on.create(*RESOURCE, registry=registry, id="reconcile", when=owned)
+    @kopf.on.update(*RESOURCE, registry=registry, id="reconcile", when=owned)
     async def reconcile(
         body: kopf.Body, patch: kopf.Patch, reason: str, retry: int, **_: Any
     ) -> None:
-        assert runtime.membership is not None
-        if not runtime.membership.owns(body.metadata.uid or ""):
-            return  # another replica owns it; the resync loop takes over if it goes away
         obj = _plain(body)
         try:
             status = await reconciler.reconcile(obj, trigger=str(reason), retry=retry)
@@ -120,13 +124,34 @@ def _apply(patch: kopf.Patch, obj: dict[str, Any], status: dict[str, Any]) -> No
             patch.status[key] = value
 
 
+class OwnerDiffBaseStorage(kopf.StatusDiffBaseStorage):
+    """kopf's diff-base in status, written only by the replica that owns the object.
+
+    kopf stores the "last handled" spec even when every handler was filtered out.
+    With several active replicas, a non-owner would store it first and the owner
+    would then see no diff and skip the change; so non-owners store nothing.
+    """
+
+    def __init__(self, runtime: Runtime, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._runtime = runtime
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: Any) -> None:
+        membership = self._runtime.membership
+        if membership is not None and not membership.owns(body.metadata.uid or ""):
+            return
+        super().store(body=body, patch=patch, essence=essence)
+
+
 def operator_settings(runtime: Runtime) -> kopf.OperatorSettings:
     s = runtime.settings
     settings = kopf.OperatorSettings()
     # GitOps-clean: kopf keeps its state in status, and metadata only gains our finalizer
     settings.persistence.finalizer = "etcdconfig.io/finalizer"
     settings.persistence.progress_storage = kopf.StatusProgressStorage()
-    settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(ignored_fields=["metadata"])
+    settings.persistence.diffbase_storage = OwnerDiffBaseStorage(
+        runtime, ignored_fields=["metadata"]
+    )
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
