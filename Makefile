@@ -41,5 +41,13 @@ test-e2e: install
 bench: install
 	$(BIN)/python bench/store.py
 
+## demo: local control plane + etcd + the operator + the sample Configs, then their history
+demo: install
+	$(BIN)/python -m etcdconfig.devenv.demo up
+
+## demo-down: stop what `make demo` started
+demo-down:
+	$(BIN)/python -m etcdconfig.devenv.demo down
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info operator/*.egg-info
