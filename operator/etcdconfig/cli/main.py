@@ -500,6 +500,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _error(exc: BaseException) -> None:
+    """One line on stderr, whatever the message holds (gRPC details carry newlines) and
+    however narrow the terminal: scripts read errors line by line."""
+    text = " ".join(str(exc).split())
+    err_console.print(f"error: {text}", markup=False, highlight=False, soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -507,17 +514,17 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.fn(args))
     except Exit as exc:
         if str(exc):
-            err_console.print(f"error: {exc}", markup=False, highlight=False)
+            _error(exc)
         return exc.code
     except NotFound as exc:
         if args.debug:
             traceback.print_exc()
-        err_console.print(f"error: {exc}", markup=False, highlight=False)
+        _error(exc)
         return EXIT_NOT_FOUND
     except EtcdConfigError as exc:
         if args.debug:
             traceback.print_exc()
-        err_console.print(f"error: {exc}", markup=False, highlight=False)
+        _error(exc)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
