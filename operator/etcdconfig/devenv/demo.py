@@ -160,7 +160,7 @@ def _alive(pid: int) -> bool:
 def _ready(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-            return r.status == 200
+            return bool(r.status == 200)
     except OSError:
         return False
 

@@ -435,17 +435,21 @@ class VersionedStore:
         def add(version: int | None, kind: str, message: str) -> None:
             problems.append(Problem(namespace, name, version, kind, message))
 
-        try:
-            head = await self.head(namespace, name)
-        except EtcdConfigError as exc:
-            add(None, "corrupt-head", str(exc))
-            head = None
+        # one snapshot: the head and every version as of the same revision, so a
+        # commit landing in between is never mistaken for a version beyond the head
+        head_kv, snapshot = await self.client.get(self.keys.head(namespace, name))
+        head: Head | None = None
+        if head_kv is not None:
+            try:
+                head = Head.parse(head_kv.value, mod_revision=head_kv.mod_revision)
+            except EtcdConfigError as exc:
+                add(None, "corrupt-head", str(exc))
         records: list[VersionRecord] = []
         start = self.keys.versions(namespace, name)
         end = Keys.end(start)
         key = start
         while True:
-            res = await self.client.range(key, end, limit=100)
+            res = await self.client.range(key, end, limit=100, revision=snapshot)
             for kv in res.kvs:
                 key_text = kv.key.decode(errors="replace")
                 try:
