@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install tools lint test test-unit test-integration test-e2e bench demo demo-down clean
+.PHONY: install tools lint test test-unit test-integration test-e2e bench demo demo-down soak clean
 
 ## install: a .venv with the package and every dev tool, plus the Go-built binaries (cached)
 install: $(BIN)/.installed tools
@@ -20,8 +20,8 @@ tools: $(BIN)/.installed
 	$(BIN)/python -m etcdconfig.devenv.build all
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check operator tests bench
-	$(BIN)/ruff format --check operator tests bench
+	$(BIN)/ruff check operator tests bench examples
+	$(BIN)/ruff format --check operator tests bench examples
 	$(BIN)/mypy
 
 ## test: every tier (lint, unit, integration against real etcd, e2e against a real control plane)
@@ -48,6 +48,10 @@ demo: install
 ## demo-down: stop what `make demo` started
 demo-down:
 	$(BIN)/python -m etcdconfig.devenv.demo down
+
+## soak: the chaos suite with 10x the iterations of every scenario (long; not part of CI)
+soak: install
+	ETCDCONFIG_CHAOS_SCALE=10 $(BIN)/pytest tests/e2e/chaos -s
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info operator/*.egg-info

@@ -10,6 +10,7 @@ for an outcome: outcomes are awaited with deadlines (``wait_until``).
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from pathlib import Path
@@ -34,6 +35,8 @@ from etcdconfig.etcd import EtcdClient, EtcdSettings
 
 CONFIGS = 20
 TTL = 2
+# `make soak` multiplies every scenario's iterations (CI runs them once)
+SCALE = max(1, int(os.environ.get("ETCDCONFIG_CHAOS_SCALE", "1")))
 
 
 def _setup(plane: ControlPlane, namespace: str, n: int = CONFIGS) -> tuple[KubeAPI, list[str]]:
@@ -84,7 +87,7 @@ async def test_r1_sigkill_random_replicas_50_times(
     writer = Writer(api, namespace, names)
     writer.start()
     try:
-        for _ in range(50):
+        for _ in range(50 * SCALE):
             fleet.kill_and_restart(rng.randrange(3))
             time.sleep(rng.uniform(0.1, 0.6))  # the fault schedule
         await _finish(
@@ -119,7 +122,7 @@ async def test_r2_pause_the_lock_holder_past_its_ttl_20_times(
     client = EtcdClient(EtcdSettings(endpoints=[store_etcd.endpoint]))
     paused = 0
     try:
-        for _ in range(20):
+        for _ in range(20 * SCALE):
             holder: list[str] = []
             deadline = time.monotonic() + 10
             while not holder and time.monotonic() < deadline:
@@ -133,7 +136,7 @@ async def test_r2_pause_the_lock_holder_past_its_ttl_20_times(
             time.sleep(1.5 * TTL)  # the fault: frozen past its lease TTL
             fleet.replicas[idx].resume_if_paused()
             paused += 1
-        assert paused >= 15, f"only {paused} lock holders could be caught"
+        assert paused >= 15 * SCALE, f"only {paused} lock holders could be caught"
         await _finish("R2", fleet, writer, api, [store_etcd.endpoint], namespace, names, paused)
     finally:
         await client.close()
@@ -153,7 +156,7 @@ async def test_r3_sigkill_etcd_under_load_10_times(
         api, names = _setup(control_plane, namespace)
         writer = Writer(api, namespace, names)
         writer.start()
-        for _ in range(10):
+        for _ in range(10 * SCALE):
             time.sleep(0.8)  # let commits flow
             etcd.kill()
             time.sleep(0.3)  # the outage
@@ -176,7 +179,7 @@ async def test_r4_kill_or_pause_the_etcd_leader_10_times(
         api, names = _setup(control_plane, namespace)
         writer = Writer(api, namespace, names)
         writer.start()
-        for i in range(10):
+        for i in range(10 * SCALE):
             time.sleep(0.8)  # let commits flow
             leader = await _leader(members)
             if i % 2 == 0:
@@ -235,10 +238,10 @@ async def test_r5_partitioned_replica_writes_nothing_after_losing_its_lock(
         api, names = _setup(control_plane, namespace)
         writer = Writer(api, namespace, names)
         writer.start()
-        for i in range(3):
-            proxies[i].blackhole()
+        for i in range(3 * SCALE):
+            proxies[i % 3].blackhole()
             time.sleep(TTL + 2.0)  # the partition, longer than the lease TTL
-            proxies[i].heal()
+            proxies[i % 3].heal()
             time.sleep(1.0)  # let it rejoin before the next cut
         await _finish("R5", fleet, writer, api, [store_etcd.endpoint], namespace, names, 3)
     finally:
