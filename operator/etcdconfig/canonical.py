@@ -17,7 +17,10 @@ import rfc8785
 from etcdconfig.errors import InvalidConfig, ValidationIssue
 
 MAX_SAFE_INTEGER = 2**53 - 1
-MAX_DEPTH = 100
+MAX_DEPTH = 100  # of data and schemas; deeper nesting is invalid data
+# a stored record wraps the data a level deep (record -> data -> ...): canonicalising a
+# record must accept every data that passed MAX_DEPTH, yet still bound the recursion
+_DEPTH_BY_ROOT = {"record": MAX_DEPTH + 8}
 
 
 def json_path(parts: tuple[str | int, ...], root: str = "data") -> str:
@@ -65,7 +68,9 @@ def check_ijson(
                 issues.append(
                     ValidationIssue(
                         json_path(path, root),
-                        "NaN or Infinity is not valid JSON; use null or a string",
+                        "NaN or Infinity is not valid JSON (a number beyond the IEEE "
+                        "double range, such as 1e400, reads as Infinity); use null or a "
+                        "string",
                     )
                 )
         elif isinstance(v, str):
@@ -105,7 +110,7 @@ def _has_lone_surrogate(s: str) -> bool:
 
 def canonical_json(value: Any, root: str = "data") -> bytes:
     """RFC 8785 bytes of ``value``; ``InvalidConfig`` (with paths) if it has none."""
-    issues = check_ijson(value, root)
+    issues = check_ijson(value, root, max_depth=_DEPTH_BY_ROOT.get(root, MAX_DEPTH))
     if issues:
         raise InvalidConfig(issues, reason="InvalidData")
     try:

@@ -5,22 +5,189 @@
 - A remote ``$ref`` is never fetched: only references inside the schema resolve.
 - Error messages name the path and the rule, never the offending value (data
   may hold secrets).
+- Validation time is bounded, so a hostile schema cannot pin the operator.
+  Regular expressions (``pattern``, ``patternProperties``) run on the ``regex``
+  engine with a timeout of ``PATTERN_TIMEOUT_MS`` each (Python's ``re``
+  backtracks catastrophically on patterns like ``^(a|aa)+$`` and cannot be
+  interrupted); one validation as a whole may take ``VALIDATION_BUDGET_MS``
+  (nested ``anyOf`` over ``$ref`` multiplies work exponentially), checked before
+  every keyword; ``uniqueItems`` hashes canonical JSON instead of comparing
+  every pair. Beyond a bound the data is invalid with an issue that says so.
 """
 
 from __future__ import annotations
 
+import contextvars
+import functools
+import time
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
 import jsonschema.exceptions
+import jsonschema.validators
 import referencing
 import referencing.exceptions
+import regex
 
-from etcdconfig.canonical import check_ijson, checksum, json_path
+from etcdconfig.canonical import canonical_json, check_ijson, checksum, json_path
 from etcdconfig.errors import InvalidConfig, ValidationIssue
 
-_Validator = jsonschema.Draft202012Validator
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+PATTERN_TIMEOUT_MS = 100
+VALIDATION_BUDGET_MS = 2000
+
+
+class _PatternTimeout(Exception):
+    """One regular expression search ran out of time."""
+
+
+class _BudgetExceeded(Exception):
+    """The whole validation ran out of time: abandon it."""
+
+
+class _OwnMessage(jsonschema.exceptions.ValidationError):  # type: ignore[misc]
+    """An error whose message our keyword wrote: it names no instance value."""
+
+
+@functools.lru_cache(maxsize=1024)
+def _compile(pattern: str) -> Any:
+    return regex.compile(pattern)
+
+
+class _Budget:
+    """The time one validation may still take."""
+
+    def __init__(self) -> None:
+        self.deadline = time.monotonic() + VALIDATION_BUDGET_MS / 1000
+        self.pattern_timeouts = 0
+
+    def check(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise _BudgetExceeded
+
+
+_BUDGET: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar(
+    "etcdconfig_validation_budget", default=None
+)
+
+
+def _search(pattern: str, text: str) -> bool:
+    budget = _BUDGET.get()
+    timeout = PATTERN_TIMEOUT_MS / 1000
+    if budget is not None:
+        budget.check()
+        timeout = min(timeout, budget.deadline - time.monotonic())
+    try:
+        return _compile(pattern).search(text, timeout=max(timeout, 0.001)) is not None
+    except TimeoutError as exc:
+        if budget is not None:
+            budget.pattern_timeouts += 1
+            budget.check()
+        raise _PatternTimeout from exc
+
+
+def _timeout_error(pattern: str) -> _OwnMessage:
+    return _OwnMessage(
+        f"pattern evaluation exceeded {PATTERN_TIMEOUT_MS} ms ({pattern!r}); simplify the "
+        "pattern (nested or overlapping quantifiers backtrack catastrophically)"
+    )
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[Any]:
+    if not validator.is_type(instance, "string"):
+        return
+    try:
+        matched = _search(pattern, instance)
+    except _PatternTimeout:
+        yield _timeout_error(pattern)
+        return
+    if not matched:
+        yield _OwnMessage(f"does not match pattern {pattern!r}")
+
+
+def _pattern_properties(
+    validator: Any, patterns: dict[str, Any], instance: Any, schema: Any
+) -> Iterator[Any]:
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in patterns.items():
+        for key, value in instance.items():
+            try:
+                matched = _search(pattern, key)
+            except _PatternTimeout:
+                yield _timeout_error(pattern)
+                return
+            if matched:
+                yield from validator.descend(value, subschema, path=key, schema_path=pattern)
+
+
+def _additional_properties(
+    validator: Any, additional: Any, instance: Any, schema: Any
+) -> Iterator[Any]:
+    if not validator.is_type(instance, "object"):
+        return
+    properties = schema.get("properties", {})
+    patterns = schema.get("patternProperties", {})
+    extras = []
+    for key in instance:
+        if key in properties:
+            continue
+        try:
+            if any(_search(p, key) for p in patterns):
+                continue
+        except _PatternTimeout:
+            yield _timeout_error("|".join(patterns))
+            return
+        extras.append(key)
+    if validator.is_type(additional, "object"):
+        for key in extras:
+            yield from validator.descend(instance[key], additional, path=key)
+    elif not additional and extras:
+        names = ", ".join(repr(k) for k in sorted(extras))
+        yield _OwnMessage(f"additional properties are not allowed: {names}")
+
+
+def _unique_items(validator: Any, unique: Any, instance: Any, schema: Any) -> Iterator[Any]:
+    if not unique or not validator.is_type(instance, "array"):
+        return
+    # canonical JSON is equal exactly when JSON Schema says the values are equal (1 == 1.0,
+    # key order ignored, true != 1): one hash each instead of comparing every pair
+    seen = {canonical_json(item) for item in instance}
+    if len(seen) != len(instance):
+        yield _OwnMessage("items must be unique")
+
+
+def _bounded(keyword: Any) -> Any:
+    """Check the validation's time budget before each keyword is evaluated."""
+
+    def evaluate(validator: Any, value: Any, instance: Any, schema: Any) -> Any:
+        budget = _BUDGET.get()
+        if budget is not None:
+            budget.check()
+        return keyword(validator, value, instance, schema) or ()
+
+    return evaluate
+
+
+_Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    validators={
+        kw: _bounded(fn)
+        for kw, fn in {
+            **jsonschema.Draft202012Validator.VALIDATORS,
+            "pattern": _pattern,
+            "patternProperties": _pattern_properties,
+            "additionalProperties": _additional_properties,
+            "uniqueItems": _unique_items,
+        }.items()
+    },
+)
+_MetaValidator = jsonschema.Draft202012Validator
+# keywords whose values are data, not schemas: never read keywords inside them
+_LITERALS = frozenset({"const", "enum", "default", "examples"})
 
 
 def _no_remote(uri: str) -> referencing.Resource[Any]:
@@ -32,6 +199,8 @@ _REGISTRY: referencing.Registry[Any] = referencing.Registry(retrieve=_no_remote)
 
 def _rule(err: jsonschema.exceptions.ValidationError) -> str:
     """Describe the failed rule without echoing the instance value."""
+    if isinstance(err, _OwnMessage):
+        return str(err.message)
     kw = str(err.validator)
     expected = err.validator_value
     if kw == "required":
@@ -102,32 +271,65 @@ def check_schema(schema: Any, root: str = "schema") -> list[ValidationIssue]:
     if issues:
         return issues
     for err in sorted(
-        _Validator(_Validator.META_SCHEMA).iter_errors(schema), key=lambda e: list(e.path)
+        _MetaValidator(_MetaValidator.META_SCHEMA).iter_errors(schema),
+        key=lambda e: list(e.path),
     ):
         issues.append(ValidationIssue(json_path(tuple(err.absolute_path), root), _rule(err)))
-    issues.extend(_remote_refs(schema, root))
-    return issues
+    issues.extend(_keyword_problems(schema, root))
+    return sorted(issues, key=lambda i: (i.path, i.message))
 
 
-def _remote_refs(schema: Any, root: str) -> list[ValidationIssue]:
+def _regex_problem(pattern: str) -> str | None:
+    try:
+        _compile(pattern)
+    except regex.error as exc:
+        return f"invalid regular expression: {exc}"
+    return None
+
+
+def _keyword_problems(schema: Any, root: str) -> list[ValidationIssue]:
+    """Remote references, regular expressions that do not compile, and keyword
+    combinations whose regular expressions could not be time-bounded."""
     out: list[ValidationIssue] = []
+    seen: set[str] = set()
     stack: list[tuple[Any, tuple[str | int, ...]]] = [(schema, ())]
     while stack:
         node, path = stack.pop()
         if isinstance(node, dict):
             for k, v in node.items():
+                where = json_path((*path, k), root)
                 if k in ("$ref", "$dynamicRef") and isinstance(v, str) and not v.startswith("#"):
                     out.append(
                         ValidationIssue(
-                            json_path((*path, k), root),
+                            where,
                             "remote references are not fetched; inline the referenced schema "
                             "under $defs and use '#/$defs/…'",
                         )
                     )
-                else:
+                elif k == "pattern" and isinstance(v, str):
+                    problem = _regex_problem(v)
+                    if problem:
+                        out.append(ValidationIssue(where, problem))
+                elif k == "patternProperties" and isinstance(v, dict):
+                    seen.add(k)
+                    for p in v:
+                        problem = _regex_problem(p)
+                        if problem:
+                            out.append(ValidationIssue(json_path((*path, k, p), root), problem))
+                elif k == "unevaluatedProperties":
+                    seen.add(k)
+                if k not in _LITERALS:
                     stack.append((v, (*path, k)))
         elif isinstance(node, list):
             stack.extend((v, (*path, i)) for i, v in enumerate(node))
+    if {"patternProperties", "unevaluatedProperties"} <= seen:
+        out.append(
+            ValidationIssue(
+                root,
+                "unevaluatedProperties together with patternProperties is not supported "
+                "(its pattern evaluation cannot be time-bounded); use additionalProperties",
+            )
+        )
     return out
 
 
@@ -170,15 +372,19 @@ class Validator:
             self._cache.move_to_end(key)
             return list(cached)
         self.misses += 1
-        result = tuple(self._run(data, schema))
-        self._cache[key] = result
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        budget = _Budget()
+        result = tuple(self._run(data, schema, budget))
+        # a timeout depends on the machine's load: never remember it
+        if not any("exceeded" in i.message for i in result):
+            self._cache[key] = result
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
         return list(result)
 
-    def _run(self, data: Any, schema: Any) -> list[ValidationIssue]:
+    def _run(self, data: Any, schema: Any, budget: _Budget) -> list[ValidationIssue]:
         validator = _Validator(schema, registry=_REGISTRY)
         issues: list[ValidationIssue] = []
+        token = _BUDGET.set(budget)
         try:
             for err in validator.iter_errors(data):
                 issues.append(ValidationIssue(json_path(tuple(err.absolute_path)), _rule(err)))
@@ -186,6 +392,31 @@ class Validator:
             issues.append(ValidationIssue("schema", f"unresolvable reference: {exc.ref!r}"))
         except RecursionError:
             issues.append(ValidationIssue("schema", "schema recursion too deep"))
+        except _BudgetExceeded:
+            issues.append(
+                ValidationIssue(
+                    "schema",
+                    f"schema evaluation exceeded {VALIDATION_BUDGET_MS} ms; simplify the schema "
+                    "(nested anyOf/oneOf over $ref multiply the work)",
+                )
+            )
+        except BaseException as exc:
+            # a $ref loop that reaches the recursion limit inside referencing's Rust map
+            # (rpds) surfaces as pyo3's PanicException, a BaseException: the same failure
+            if type(exc).__name__ != "PanicException":
+                raise
+            issues.append(ValidationIssue("schema", "schema recursion too deep"))
+        finally:
+            _BUDGET.reset(token)
+        if budget.pattern_timeouts and not any("exceeded" in i.message for i in issues):
+            # a timeout inside anyOf/oneOf/not was folded into their verdict: say so
+            issues.append(
+                ValidationIssue(
+                    "data",
+                    f"pattern evaluation exceeded {PATTERN_TIMEOUT_MS} ms; simplify the "
+                    "schema's patterns",
+                )
+            )
         issues.sort(key=lambda i: (i.path, i.message))
         return issues
 

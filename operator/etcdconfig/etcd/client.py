@@ -375,7 +375,14 @@ class EtcdClient:
                     self._rotate()
                     i += 1
                     continue
-                raise _map_error(exc, what, self.identity) from exc
+                error = _map_error(exc, what, self.identity)
+                if isinstance(error, RequestTooLarge):
+                    error = RequestTooLarge(
+                        f"{error} (the request is {request.ByteSize()} bytes, over etcd's "
+                        "--max-request-bytes; set ETCDCONFIG_ETCD_MAX_REQUEST_BYTES to "
+                        "etcd's value so oversized data is refused as invalid instead)"
+                    )
+                raise error from exc
         assert last is not None
         raise _map_error(last, what, self.identity) from last
 
