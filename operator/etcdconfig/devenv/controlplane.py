@@ -255,9 +255,9 @@ class ControlPlane:
     def start(self, timeout: float = 120.0) -> None:
         """Start everything and wait (up to ``timeout`` seconds) until the API is ready.
 
-        A fresh etcd data directory every time: each start is a new, empty cluster.
-        The PKI is reused if present (certificates are cheap, but stable files help
-        a kubeconfig copied elsewhere keep working across restarts).
+        A fresh etcd data directory and fresh ports every time: each start is a new,
+        empty cluster. The CA is kept if present, so whatever trusted it (a webhook's
+        caBundle, a browser) keeps trusting it; leaf certificates are reissued.
         """
         if any(p.alive() for p in self.processes):
             raise ControlPlaneError(
