@@ -6,7 +6,7 @@ import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from etcdconfig.etcd import EtcdSettings, TLSFiles
@@ -56,9 +56,20 @@ class Settings(BaseSettings):
     webhook_port: int = 9443
     webhook_cert_file: Path | None = None
     webhook_key_file: Path | None = None
+    # seconds between checks of the webhook's certificate files (reloaded when they change)
+    webhook_cert_check_interval: float = Field(default=5.0, gt=0)
 
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _webhook_needs_tls(self) -> Settings:
+        if self.webhook_enabled and not (self.webhook_cert_file and self.webhook_key_file):
+            raise ValueError(
+                "the webhook serves TLS only: set the webhook certificate and key files "
+                "(--webhook-cert-file, --webhook-key-file)"
+            )
+        return self
 
     @field_validator("etcd_endpoints", "namespaces", mode="before")
     @classmethod

@@ -3,10 +3,14 @@ transaction is the exactly-once gate, so every handler is idempotent."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import inspect
 import logging
+import ssl
 from typing import TYPE_CHECKING, Any
 
+import aiohttp.web
 import kopf
 
 from etcdconfig.controller.reconciler import Reconciler, RetryLater
@@ -21,6 +25,9 @@ from etcdconfig.reconcile import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
     from etcdconfig.controller.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -143,6 +150,82 @@ class OwnerDiffBaseStorage(kopf.StatusDiffBaseStorage):
         super().store(body=body, patch=patch, essence=essence)
 
 
+class ReloadingWebhookServer(kopf.WebhookServer):
+    """The admission webhook over TLS only, with certificate files reloaded in place.
+
+    kopf's own server restarts its listener when the files change: a brief gap with
+    no listener, and a pair caught half-rotated (new certificate, old key) makes the
+    restart raise and ends the admission server. Here the listener stays up; every
+    new connection gets the newest pair that loaded (an SNI callback hands it the
+    current context), and a pair that does not load is retried at the next check
+    while the previous one keeps serving.
+    """
+
+    def __init__(
+        self, *, port: int, certfile: Path, pkeyfile: Path, file_check_interval: float, **kw: Any
+    ) -> None:
+        super().__init__(
+            port=port,
+            certfile=certfile,
+            pkeyfile=pkeyfile,
+            file_check_interval=file_check_interval,
+            **kw,
+        )
+        self._port, self._cert, self._key = port, certfile, pkeyfile
+        self.current = self._load()  # a pair that does not load fails the start-up
+
+    def _load(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(purpose=ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self._cert, self._key)
+        return context
+
+    def _digest(self) -> str:
+        h = hashlib.sha256()
+        for path in (self._cert, self._key):
+            h.update(path.read_bytes())
+        return h.hexdigest()
+
+    def _select(self, conn: Any, server_name: str | None, context: ssl.SSLContext) -> None:
+        conn.context = self.current  # called for every handshake, with SNI or without
+
+    async def __call__(self, fn: Any) -> AsyncIterator[Any]:
+        async def serve(request: aiohttp.web.Request) -> aiohttp.web.Response:
+            return await self._serve(fn, request)
+
+        listener = self._load()
+        listener.sni_callback = self._select
+        app = aiohttp.web.Application()
+        app.add_routes([aiohttp.web.post("/{id:.*}", serve)])
+        runner = aiohttp.web.AppRunner(app, handle_signals=False)
+        await runner.setup()
+        try:
+            site = aiohttp.web.TCPSite(
+                runner, self.addr or None, self._port, ssl_context=listener, reuse_address=True
+            )
+            await site.start()
+            host = self.host or self._get_accessible_addr(self.addr)
+            yield {"url": self._build_url("https", host, self._port, self.path or "")}
+            digest = self._digest()
+            while True:
+                await asyncio.sleep(self.file_check_interval)
+                try:
+                    now = self._digest()
+                    if now == digest:
+                        continue
+                    self.current = self._load()
+                except (OSError, ssl.SSLError) as exc:
+                    log.warning(
+                        "webhook certificate files changed but do not load yet; "
+                        "still serving the previous pair",
+                        extra={"error": str(exc)},
+                    )
+                    continue
+                digest = now
+                log.info("webhook certificate reloaded", extra={"cert": str(self._cert)})
+        finally:
+            await runner.cleanup()
+
+
 def operator_settings(runtime: Runtime) -> kopf.OperatorSettings:
     s = runtime.settings
     settings = kopf.OperatorSettings()
@@ -157,11 +240,14 @@ def operator_settings(runtime: Runtime) -> kopf.OperatorSettings:
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30
     if s.webhook_enabled:
-        settings.admission.server = kopf.WebhookServer(
+        assert s.webhook_cert_file is not None  # Settings refuses a webhook without TLS
+        assert s.webhook_key_file is not None
+        settings.admission.server = ReloadingWebhookServer(
             addr=s.webhook_addr,
             port=s.webhook_port,
-            certfile=str(s.webhook_cert_file) if s.webhook_cert_file else None,
-            pkeyfile=str(s.webhook_key_file) if s.webhook_key_file else None,
+            certfile=s.webhook_cert_file,
+            pkeyfile=s.webhook_key_file,
+            file_check_interval=s.webhook_cert_check_interval,
         )
         settings.admission.managed = None  # the chart or the user installs the configuration
     return settings
