@@ -235,7 +235,9 @@ class Kube:
         now = dt.datetime.now(dt.UTC)
         body = k8s.CoreV1Event(
             metadata=k8s.V1ObjectMeta(
-                name=f"{meta['name']}.{uuid.uuid4().hex[:12]}", namespace=meta["namespace"]
+                # Event names are capped at 253 characters like any object name
+                name=f"{meta['name'][:240]}.{uuid.uuid4().hex[:12]}",
+                namespace=meta["namespace"],
             ),
             involved_object=k8s.V1ObjectReference(
                 api_version=f"{GROUP}/{VERSION}",

@@ -392,3 +392,23 @@ async def test_nothing_listening_is_reported_as_unreachable(open_client: Any) ->
         await client.connect()
     assert not isinstance(info.value, EtcdTLSError)
     assert str(info.value).startswith(f"cannot reach etcd at 127.0.0.1:{port}: ")
+
+
+def test_operator_with_a_read_only_etcd_role_refuses_to_start(
+    secure: SecureEtcd, tmp_path: Path
+) -> None:
+    proc = subprocess.run(
+        [str(BIN / "etcdconfig"), "run", "--kubeconfig", str(tmp_path / "unused")],
+        env=secure.env(user="reader", ETCDCONFIG_LOG_FORMAT="text"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert (
+        "cannot start: etcd: etcd user 'reader' may read but not write keys under '/etcdconfig/'"
+        in lines[0]
+    )

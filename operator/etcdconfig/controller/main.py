@@ -33,7 +33,8 @@ class StartupError(EtcdConfigError):
 async def run(settings: Settings) -> None:
     client = EtcdClient(settings.etcd())
     try:
-        await client.connect()
+        # the operator writes: a read-only etcd role must stop it here, with the cause
+        await client.connect(write=True)
     except EtcdConfigError as exc:
         await client.close()
         raise StartupError(f"etcd: {exc}") from exc
@@ -51,7 +52,13 @@ async def run(settings: Settings) -> None:
         raise StartupError(f"Kubernetes: {exc}") from exc
 
     runtime = Runtime(settings=settings, client=client, kube=kube)
-    await runtime.start()
+    try:
+        await runtime.start()
+    except EtcdConfigError as exc:
+        await runtime.stop()
+        await kube.close()
+        await client.close()
+        raise StartupError(f"etcd session: {exc}") from exc
     reconciler = Reconciler(runtime)
     ready = asyncio.Event()
     stop = asyncio.Event()
