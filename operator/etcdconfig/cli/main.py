@@ -395,9 +395,9 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from etcdconfig.devenv.__main__ import main as dev_main
+    from etcdconfig.devenv.cli import main as dev_main
 
-    return int(dev_main(args.dev_args) or 0)
+    return int(dev_main(args.dev_args, prog="etcdconfig dev") or 0)
 
 
 # --- parser ----------------------------------------------------------------------------------
@@ -508,6 +508,9 @@ def _error(exc: BaseException) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["dev"]:  # everything after `dev` (even --help) belongs to the dev CLI
+        return cmd_dev(argparse.Namespace(dev_args=argv[1:]))
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
