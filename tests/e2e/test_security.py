@@ -365,7 +365,9 @@ async def test_corrupt_store_stalls_the_config_without_overwriting_and_operator_
         assert message in ready["message"], ready
         assert stalled is not None and stalled["status"] == "True", stalled
         assert intact is not None and intact["status"] == "False", intact
-    await asyncio.sleep(6)  # a resync interval: the operator retries and still writes nothing
+    # a full resync round later the operator has retried both and still written nothing
+    rounds = _resync_reconciles(operator)
+    wait_until(lambda: _resync_reconciles(operator) >= rounds + 2, 60, "a resync round")
     for name in ("corrupt-head", "foreign-version"):
         assert await snapshot(name) == before[name]
     assert operator.ready()  # alive and serving
@@ -382,3 +384,11 @@ async def test_corrupt_store_stalls_the_config_without_overwriting_and_operator_
     assert recorded is not None and recorded["status"] == "True", recorded
     assert obj["status"]["version"] == 2
     assert (await store.current(namespace, "foreign-version")).data == {"replicas": 3}
+
+
+def _resync_reconciles(op: OperatorProcess) -> float:
+    prefix = 'etcdconfig_reconcile_duration_seconds_count{trigger="resync"}'
+    for line in op.metrics().splitlines():
+        if line.startswith(prefix):
+            return float(line.split()[-1])
+    return 0.0
