@@ -140,3 +140,17 @@ def _parse_int(text: str) -> int | float:
 def loads(raw: bytes | str) -> Any:
     """Parse JSON written by :func:`canonical_json` back into the same values."""
     return json.loads(raw, parse_int=_parse_int)
+
+
+def canonical_object(members: dict[str, bytes]) -> bytes:
+    """The RFC 8785 form of an object whose member values are already canonical.
+
+    RFC 8785 serialises an object as its members sorted by the UTF-16 code units of
+    their names, each value in canonical form; so a large value (a Config's data)
+    is canonicalised once and spliced in, not re-serialised with its record.
+    """
+    parts = [
+        bytes(rfc8785.dumps(name)) + b":" + members[name]
+        for name in sorted(members, key=lambda n: n.encode("utf-16-be"))
+    ]
+    return b"{" + b",".join(parts) + b"}"

@@ -343,11 +343,17 @@ class Validator:
         self.hits = 0
         self.misses = 0
 
-    def validate(self, data: Any, schema: Any | None) -> list[ValidationIssue]:
-        """Every issue with ``data`` (and ``schema``), each with its path; [] when valid."""
+    def validate(
+        self, data: Any, schema: Any | None, *, data_checksum: str | None = None
+    ) -> list[ValidationIssue]:
+        """Every issue with ``data`` (and ``schema``), each with its path; [] when valid.
+
+        ``data_checksum``: the caller already canonicalised ``data`` (so it has a
+        canonical form) and hashed it; saves doing both again.
+        """
         if not isinstance(data, dict):
             return [ValidationIssue("data", f"must be a JSON object, got {_json_type(data)}")]
-        issues = check_ijson(data)
+        issues = [] if data_checksum is not None else check_ijson(data)
         if schema is None or issues:
             return issues
         if not isinstance(schema, dict | bool):
@@ -365,7 +371,7 @@ class Validator:
                 self._schemas.popitem(last=False)
         if schema_issues:
             return list(schema_issues)
-        key = (schema_sum, checksum(data))
+        key = (schema_sum, data_checksum or checksum(data))
         cached = self._cache.get(key)
         if cached is not None:
             self.hits += 1
@@ -420,8 +426,10 @@ class Validator:
         issues.sort(key=lambda i: (i.path, i.message))
         return issues
 
-    def require_valid(self, data: Any, schema: Any | None) -> None:
-        issues = self.validate(data, schema)
+    def require_valid(
+        self, data: Any, schema: Any | None, *, data_checksum: str | None = None
+    ) -> None:
+        issues = self.validate(data, schema, data_checksum=data_checksum)
         if issues:
             reason = "InvalidSchema" if issues[0].path.startswith("schema") else "InvalidData"
             raise InvalidConfig(issues, reason=reason)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from etcdconfig.canonical import canonical_json, check_ijson, checksum, loads
+from etcdconfig.canonical import canonical_json, canonical_object, check_ijson, checksum, loads
 from etcdconfig.errors import InvalidConfig
 
 safe_ints = st.integers(min_value=-(2**53 - 1), max_value=2**53 - 1)
@@ -76,3 +76,11 @@ def test_deep_nesting_is_reported_not_a_recursion_crash() -> None:
     issues = check_ijson(deep)
     assert len(issues) == 1
     assert "nested deeper than 100 levels" in issues[0].message
+
+
+@given(json_objects)
+def test_spliced_members_equal_the_canonical_form_of_the_whole_object(
+    data: dict[str, Any],
+) -> None:
+    members = {k: canonical_json(v) for k, v in data.items()}
+    assert canonical_object(members) == canonical_json(data)

@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from etcdconfig.canonical import canonical_json, checksum, sha256_of
+from etcdconfig.canonical import canonical_json, canonical_object, checksum, sha256_of
 from etcdconfig.errors import (
     Conflict,
     CorruptRecord,
@@ -244,7 +244,9 @@ class VersionedStore:
             if head_kv
             else None
         )
-        data_checksum = checksum(change.data) if isinstance(change.data, dict) else None
+        # the data is canonicalised once: hashed, validated by checksum, spliced into the record
+        data_raw = canonical_json(change.data) if isinstance(change.data, dict) else None
+        data_checksum = sha256_of(data_raw) if data_raw is not None else None
         if head is not None and head.uid == change.uid and not head.deleted:
             if head.generation >= change.generation:
                 landed = (
@@ -268,8 +270,9 @@ class VersionedStore:
                 "confirm which object owns the name before recording"
             )
 
-        self.validator.require_valid(change.data, change.schema)
+        self.validator.require_valid(change.data, change.schema, data_checksum=data_checksum)
         assert data_checksum is not None
+        assert data_raw is not None
         continues = head is not None and not head.purged and head.version > 0
         version = head.version + 1 if head is not None and continues else 1
         parent = head.record_checksum if head is not None and continues else None
@@ -288,7 +291,12 @@ class VersionedStore:
             "origin": change.origin,
             "fencingRevision": mutex.revision,
         }
-        record_raw = dump(record)
+        record_raw = canonical_object(
+            {
+                k: (data_raw if k == "data" else canonical_json(v, "record"))
+                for k, v in record.items()
+            }
+        )
         rc = sha256_of(record_raw)
         new_head = Head(
             version=version,
