@@ -7,6 +7,7 @@ Events, reading the current object, and the CLI's rollback patch.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import os
@@ -63,6 +64,7 @@ class Kube:
         self.custom = k8s.CustomObjectsApi(api)
         self.core = k8s.CoreV1Api(api)
         self.component = component
+        self._pending: set[asyncio.Task[None]] = set()
 
     async def close(self) -> None:
         await self.api.close()
@@ -124,7 +126,20 @@ class Kube:
             if not cont:
                 return items
 
-    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+    async def patch_status(
+        self,
+        namespace: str,
+        name: str,
+        status: dict[str, Any],
+        *,
+        resource_version: str | None = None,
+    ) -> bool:
+        """Merge-patch ``status``. With ``resource_version`` the patch applies only to
+        that version of the object: a status computed from a stale copy is dropped
+        (returns False) instead of overwriting a newer one."""
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
         try:
             await self.custom.patch_namespaced_custom_object_status(
                 GROUP,
@@ -132,13 +147,14 @@ class Kube:
                 namespace,
                 PLURAL,
                 name,
-                {"status": status},
+                body,
                 _content_type=MERGE_PATCH,  # type: ignore[call-arg]
             )
         except ApiException as exc:
-            if exc.status == 404:
-                return
+            if exc.status in (404, 409):
+                return False
             raise _explain(exc, f"patch status of {namespace}/{name}") from exc
+        return True
 
     async def patch_config(
         self, namespace: str, name: str, patch: Any, *, content_type: str = MERGE_PATCH
@@ -228,6 +244,12 @@ class Kube:
         except ApiException as exc:
             raise _explain(exc, f"patch ConfigMap {namespace}/{name}") from exc
         return True
+
+    def event_soon(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """Post an Event in the background: a reconcile never waits on it."""
+        task = asyncio.create_task(self.event(obj, type_, reason, message))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     async def event(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
         """Post an Event about a Config. Never include configuration values in ``message``."""

@@ -65,9 +65,10 @@ class Session:
                     log.warning("etcd session lease expired", extra={"lease": f"{self.lease_id:x}"})
                     break
                 try:
+                    # a slow answer (a busy event loop, a leader election) is not a lost
+                    # lease: wait for it as long as the lease can still be alive
                     remaining = await stream.ping(
-                        self.lease_id,
-                        max(0.1, min(self.ttl / 3, self._expires_at - time.monotonic())),
+                        self.lease_id, max(0.1, self._expires_at - time.monotonic())
                     )
                 except EtcdError as exc:
                     log.warning(

@@ -59,6 +59,9 @@ class Resync:
 
     async def once(self) -> None:
         objs = await self.owned()
+        # Configs whose current generation was not observed yet (a departed owner's
+        # pending work, a missed event) first; the rest is a consistency sweep
+        objs.sort(key=lambda o: _observed(o))
         sem = asyncio.Semaphore(self.rt.settings.resync_concurrency)
         integrity_due = (
             time.monotonic() - self._last_integrity >= self.rt.settings.integrity_interval
@@ -88,7 +91,13 @@ class Resync:
             )
             return
         if status is not None and status_differs(obj.get("status") or {}, status):
-            await self.rt.kube.patch_status(meta["namespace"], meta["name"], status)
+            # the listed copy may be minutes old by now: never let it overwrite newer status
+            await self.rt.kube.patch_status(
+                meta["namespace"],
+                meta["name"],
+                status,
+                resource_version=meta.get("resourceVersion"),
+            )
 
     async def verify_one(self, obj: dict[str, Any]) -> None:
         assert self.rt.store is not None
@@ -101,6 +110,11 @@ class Resync:
                 "integrity scan failed", extra={"config": f"{ns}/{name}", "error": str(exc)}
             )
             return
+        # the listed copy may be stale (and this round's reconcile may have patched it)
+        fresh = await self.rt.kube.get_config(ns, name)
+        if fresh is None:
+            return
+        obj, meta = fresh, fresh["metadata"]
         current = obj.get("status") or {}
         was = next((c for c in current.get("conditions") or [] if c.get("type") == "Intact"), None)
         if problems:
@@ -116,4 +130,11 @@ class Resync:
             current, int(meta.get("generation") or 1), [str(p) for p in problems]
         )
         if status_differs(current, status):
-            await self.rt.kube.patch_status(ns, name, status)
+            await self.rt.kube.patch_status(
+                ns, name, status, resource_version=meta.get("resourceVersion")
+            )
+
+
+def _observed(obj: dict[str, Any]) -> bool:
+    status = obj.get("status") or {}
+    return bool(status.get("observedGeneration") == obj["metadata"].get("generation"))

@@ -155,7 +155,7 @@ class Reconciler:
                     "uid": uid,
                 },
             )
-            await rt.kube.event(
+            rt.kube.event_soon(
                 body,
                 "Normal",
                 "Recorded",
