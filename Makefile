@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install tools lint test test-unit test-integration test-e2e bench demo demo-down soak clean
+.PHONY: install tools lint test test-unit test-integration test-e2e bench bench-quick demo demo-down soak clean
 
 ## install: a .venv with the package and every dev tool, plus the Go-built binaries (cached)
 install: $(BIN)/.installed tools
@@ -40,6 +40,14 @@ test-e2e: install
 ## bench: run the benchmarks (figures are ratios against a baseline measured in the same run)
 bench: install
 	$(BIN)/python bench/store.py
+	$(BIN)/python bench/e2e.py
+	$(BIN)/python bench/replicas.py
+
+## bench-quick: smaller runs of every benchmark (a few minutes)
+bench-quick: install
+	$(BIN)/python bench/store.py --quick
+	$(BIN)/python bench/e2e.py --quick
+	$(BIN)/python bench/replicas.py --quick
 
 ## demo: local control plane + etcd + the operator + the sample Configs, then their history
 demo: install
