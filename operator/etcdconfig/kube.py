@@ -190,8 +190,11 @@ class Kube:
         key: str,
         content: str,
         annotations: dict[str, str],
-    ) -> bool:
-        """Create or update the ConfigMap; returns True if anything was written."""
+        *,
+        exists: bool,
+    ) -> None:
+        """Create (``exists=False``) or update the ConfigMap. The caller has just read
+        it (``config_map_annotations``) and knows it is out of date."""
         meta = owner["metadata"]
         namespace = meta["namespace"]
         body = {
@@ -218,22 +221,13 @@ class Kube:
             },
             "data": {key: content},
         }
-        try:
-            current = await self.core.read_namespaced_config_map(name, namespace)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise _explain(exc, f"read ConfigMap {namespace}/{name}") from exc
+        if not exists:
             try:
                 await self.core.create_namespaced_config_map(namespace, body)  # type: ignore[arg-type]
-            except ApiException as exc2:
-                raise _explain(exc2, f"create ConfigMap {namespace}/{name}") from exc2
-            return True
-        cur_ann = current.metadata.annotations or {}
-        if (
-            all(cur_ann.get(k) == v for k, v in annotations.items())
-            and (current.data or {}).get(key) == content
-        ):
-            return False
+                return
+            except ApiException as exc:
+                if exc.status != 409:  # created meanwhile: update it below
+                    raise _explain(exc, f"create ConfigMap {namespace}/{name}") from exc
         try:
             await self.core.patch_namespaced_config_map(
                 name,
@@ -243,7 +237,6 @@ class Kube:
             )
         except ApiException as exc:
             raise _explain(exc, f"patch ConfigMap {namespace}/{name}") from exc
-        return True
 
     def event_soon(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
         """Post an Event in the background: a reconcile never waits on it."""

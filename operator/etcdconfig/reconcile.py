@@ -226,6 +226,28 @@ def status_invalid(
     return b.build(**head_fields(*head))
 
 
+def status_corrupt(
+    generation: int,
+    previous: list[dict[str, Any]],
+    message: str,
+    head: tuple[int | None, str | None, str | None],
+) -> dict[str, Any]:
+    """The store holds records the operator cannot continue: stalled until repaired."""
+    b = StatusBuilder(generation, previous)
+    b.set("Ready", False, "IntegrityViolation", message)
+    b.keep("Valid", (None, "NotValidated", ""))
+    b.set(
+        "Recorded",
+        False,
+        "IntegrityViolation",
+        "the store holds records this operator cannot continue",
+    )
+    b.set("Intact", False, "IntegrityViolation", message)
+    b.set("Reconciling", False, "IntegrityViolation", "")
+    b.set("Stalled", True, "IntegrityViolation", "run `etcdconfig verify` and repair the store")
+    return b.build(**head_fields(*head))
+
+
 def status_pending(
     generation: int,
     previous: list[dict[str, Any]],

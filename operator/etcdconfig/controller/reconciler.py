@@ -28,6 +28,7 @@ from etcdconfig.reconcile import (
     issue_reason,
     origin_of,
     parse_spec,
+    status_corrupt,
     status_invalid,
     status_pending,
     status_recorded,
@@ -248,27 +249,9 @@ class Reconciler:
     ) -> dict[str, Any]:
         metrics.INTEGRITY_VIOLATIONS.inc()
         await self.rt.kube.event(body, "Warning", "IntegrityViolation", message)
-        from etcdconfig.reconcile import StatusBuilder
-
-        b = StatusBuilder(generation, previous)
-        b.set("Ready", False, "IntegrityViolation", message)
-        b.keep("Valid", (None, "NotValidated", ""))
-        b.set(
-            "Recorded",
-            False,
-            "IntegrityViolation",
-            "the store holds records this operator cannot continue",
-        )
-        b.set("Intact", False, "IntegrityViolation", message)
-        b.set("Reconciling", False, "IntegrityViolation", "")
-        b.set("Stalled", True, "IntegrityViolation", "run `etcdconfig verify` and repair the store")
         st = body.get("status") or {}
-        return b.build(
-            version=st.get("version"),
-            checksum=st.get("checksum"),
-            shortChecksum=st.get("shortChecksum"),
-            recordedAt=st.get("recordedAt"),
-        )
+        head = (st.get("version"), st.get("checksum"), st.get("recordedAt"))
+        return status_corrupt(generation, previous, message, head)
 
     def _pending(
         self,
@@ -324,15 +307,15 @@ class Reconciler:
                 return
             record = await rt.store.get_version(meta["namespace"], meta["name"], head.version)
             content = json.dumps(record.data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-            if await rt.kube.publish_config_map(
-                body, target.name, target.key, content, annotations
-            ):
-                await rt.kube.event(
-                    body,
-                    "Normal",
-                    "Published",
-                    f"version {head.version} published to ConfigMap {target.name}",
-                )
+            await rt.kube.publish_config_map(
+                body, target.name, target.key, content, annotations, exists=current is not None
+            )
+            rt.kube.event_soon(
+                body,
+                "Normal",
+                "Published",
+                f"version {head.version} published to ConfigMap {target.name}",
+            )
         except EtcdConfigError as exc:
             log.warning(
                 "could not publish the ConfigMap; will retry",
