@@ -247,6 +247,7 @@ class Subject:
             schema=SCHEMA,
             author={"manager": "bench"},
             max_versions=MAX_VERSIONS,
+            owner_confirmed=True,  # the operator asks the API server; the bench is the owner
         )
 
     async def commit(self, name: str) -> None:

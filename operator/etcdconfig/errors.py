@@ -92,7 +92,17 @@ class CorruptRecord(StoreError):
 
 
 class StaleIncarnation(StoreError):
-    """The head belongs to another incarnation (uid) of this Config: refuse to write."""
+    """The uid's deletion was recorded (or another uid superseded it): it never writes again."""
+
+
+class OwnerUnconfirmed(StoreError):
+    """The store has not seen this uid: confirm with the API server, under the lock, that
+    it owns the Config's name now, then commit again with ``owner_confirmed``."""
+
+
+class HoldTimeout(LockError):
+    """The work done under a lock exceeded the hold timeout; it was cancelled and the lock
+    released."""
 
 
 @dataclass(frozen=True)

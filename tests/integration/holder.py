@@ -49,6 +49,7 @@ async def main() -> None:
                 uid=args[0],
                 generation=int(args[1]),
                 data={"from": "holder"},
+                owner_confirmed=True,
             )
             try:
                 result = await store.commit(change, mutex)

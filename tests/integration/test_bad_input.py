@@ -38,6 +38,7 @@ def change(gen: int, data: Any, schema: Any = None, **kw: Any) -> ChangeRequest:
         generation=gen,
         data=data,
         schema=schema,
+        owner_confirmed=kw.pop("owner_confirmed", True),
         **kw,
     )
 

@@ -48,7 +48,12 @@ async def test_leader_killed_during_commits_loses_and_duplicates_nothing(
                 try:
                     result = await store.record(
                         ChangeRequest(
-                            namespace="ns", name="cfg", uid="u", generation=gen, data={"g": gen}
+                            namespace="ns",
+                            name="cfg",
+                            uid="u",
+                            generation=gen,
+                            data={"g": gen},
+                            owner_confirmed=True,
                         ),
                         locks,
                     )

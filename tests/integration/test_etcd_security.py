@@ -55,7 +55,9 @@ async def open_client(secure: SecureEtcd) -> AsyncIterator[Any]:
 
 
 def change(ns: str, gen: int, data: dict[str, Any]) -> ChangeRequest:
-    return ChangeRequest(namespace=ns, name="payments", uid="uid-1", generation=gen, data=data)
+    return ChangeRequest(
+        namespace=ns, name="payments", uid="uid-1", generation=gen, data=data, owner_confirmed=True
+    )
 
 
 # --- what works with least privilege ------------------------------------------------------

@@ -32,7 +32,14 @@ async def _paused_holder_commits(
         # version 1 exists, written properly
         await successor.acquire(5)
         await store.commit(
-            ChangeRequest(namespace="ns", name="cfg", uid="u", generation=1, data={"v": 1}),
+            ChangeRequest(
+                namespace="ns",
+                name="cfg",
+                uid="u",
+                generation=1,
+                data={"v": 1},
+                owner_confirmed=True,
+            ),
             successor,
         )
         holder = Holder(etcd_server.endpoint, prefix, "ns", "cfg", TTL, unfenced=unfenced)

@@ -12,7 +12,7 @@ from tests.integration.helpers import Holder, wait_for
 from etcdconfig.concurrency import ConfigLocks, Mutex, Session
 from etcdconfig.concurrency.locks import lock_prefix
 from etcdconfig.devenv.etcd import EtcdServer
-from etcdconfig.errors import LockTimeout
+from etcdconfig.errors import HoldTimeout, LockTimeout
 from etcdconfig.etcd import EtcdClient, EtcdSettings, prefix_end
 
 
@@ -108,7 +108,9 @@ async def test_hold_timeout_cancels_a_stuck_holder_and_releases(
     async with Session(client, ttl=10) as session:
         locks = ConfigLocks(session, prefix=prefix, identity="me", hold_timeout=0.3)
         never = asyncio.Event()
-        with pytest.raises(TimeoutError):
+        # a named lock error, not the built-in TimeoutError: callers that handle lock
+        # failures (EtcdConfigError) handle this one too
+        with pytest.raises(HoldTimeout, match="ns/cfg exceeded the hold timeout of 0.3s"):
             async with locks.hold("ns", "cfg"):
                 await never.wait()
         assert await _lock_keys(client, prefix) == []

@@ -12,7 +12,13 @@ from tests.integration.helpers import assert_history_invariants
 from etcdconfig.canonical import checksum
 from etcdconfig.concurrency import ConfigLocks, Session
 from etcdconfig.devenv.etcd import EtcdServer
-from etcdconfig.errors import CorruptRecord, EtcdUnavailable, InvalidConfig, StaleIncarnation
+from etcdconfig.errors import (
+    CorruptRecord,
+    EtcdUnavailable,
+    InvalidConfig,
+    OwnerUnconfirmed,
+    StaleIncarnation,
+)
 from etcdconfig.etcd import EtcdClient, EtcdSettings
 from etcdconfig.store import ChangeRequest, VersionedStore
 
@@ -24,6 +30,8 @@ def change(gen: int, data: dict[str, Any] | None = None, **kw: Any) -> ChangeReq
         uid=kw.pop("uid", "uid-1"),
         generation=gen,
         data=data if data is not None else {"replicas": gen},
+        # the tests play the API server: the uid they commit owns the name
+        owner_confirmed=kw.pop("owner_confirmed", True),
         **kw,
     )
 
@@ -180,10 +188,22 @@ async def test_purge_removes_history_and_blocks_late_events(env: Any) -> None:
 async def test_other_incarnation_is_refused_until_the_owner_is_confirmed(env: Any) -> None:
     store, locks = env
     await store.record(change(5, uid="old"), locks)
-    with pytest.raises(StaleIncarnation, match="belongs to uid old"):
-        await store.record(change(1, uid="new"), locks)
+    with pytest.raises(OwnerUnconfirmed, match="the store has no live record of uid new"):
+        await store.record(change(1, uid="new", owner_confirmed=False), locks)
     result = await store.record(change(1, uid="new", owner_confirmed=True), locks)
     assert result.version == 2
+    # "old" vanished without a tombstone: the newer uid ended it, for good
+    with pytest.raises(StaleIncarnation, match="uid old was deleted"):
+        await store.record(change(6, uid="old"), locks)
+    [old, new] = await store.incarnations("prod", "payments")
+    assert (old.uid, old.first_version, old.last_version, old.deleted, old.superseded_by) == (
+        "old",
+        1,
+        1,
+        True,
+        "new",
+    )
+    assert (new.uid, new.first_version, new.deleted) == ("new", 2, False)
 
 
 class FlakyClient(EtcdClient):

@@ -10,17 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from etcdconfig.concurrency.mutex import Mutex
-from etcdconfig.errors import LockTimeout
+from etcdconfig.errors import EtcdError, HoldTimeout, LockTimeout
+from etcdconfig.etcd import Compare, DeleteRange, prefix_end
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
 
     from etcdconfig.concurrency.session import Session
+
+
+log = logging.getLogger(__name__)
+
+_clock = time.monotonic  # one name, so that a test can move this module's clock alone
 
 
 def lock_prefix(prefix: str, namespace: str, name: str) -> str:
@@ -37,7 +44,13 @@ class ConfigLocks:
     """Hand out per-Config mutexes for one session.
 
     ``acquire_timeout`` bounds the wait (in-process and etcd together);
-    ``hold_timeout`` bounds the work done while holding (default 30 s).
+    ``hold_timeout`` bounds the work done while holding (default 30 s): past it the
+    work is cancelled, the lock released and :class:`HoldTimeout` raised.
+
+    A lock key that could not be deleted (every release attempt failed, or an
+    acquire was abandoned while its transaction was in flight) would live as long
+    as the session's lease, i.e. as long as this healthy process: :meth:`sweep`
+    deletes this session's keys of locks nobody in the process holds or waits for.
     """
 
     def __init__(
@@ -56,6 +69,8 @@ class ConfigLocks:
         self.hold_timeout = hold_timeout
         self._local: dict[tuple[str, str], _Local] = {}
         self.on_acquired: list[Callable[[str, str, float], None]] = []
+        self.suspects: set[bytes] = set()  # keys whose delete failed: sweep them soon
+        self.swept = 0  # keys removed by sweep(), for tests and metrics
 
     @contextlib.asynccontextmanager
     async def hold(
@@ -64,7 +79,7 @@ class ConfigLocks:
         key = (namespace, name)
         local = self._local.setdefault(key, _Local())
         local.users += 1
-        started = time.monotonic()
+        started = _clock()
         try:
             try:
                 async with asyncio.timeout(self.acquire_timeout):
@@ -75,17 +90,32 @@ class ConfigLocks:
                     "(another task of this process holds it)"
                 ) from None
             try:
+                remaining = self.acquire_timeout - (_clock() - started)
+                if remaining <= 0:
+                    # no budget left for etcd: do not send a transaction we would abandon
+                    # while it is in flight
+                    raise LockTimeout(
+                        f"could not acquire lock {namespace}/{name} within "
+                        f"{self.acquire_timeout}s (waited for another task of this process)"
+                    )
                 mutex = Mutex(
                     self.session, lock_prefix(self.prefix, namespace, name), identity=self.identity
                 )
-                remaining = max(0.0, self.acquire_timeout - (time.monotonic() - started))
+                mutex.on_orphan = self.suspects.add
                 await mutex.acquire(remaining, prefetch=prefetch)
-                waited = time.monotonic() - started
+                waited = _clock() - started
                 for cb in self.on_acquired:
                     cb(namespace, name, waited)
                 try:
-                    async with asyncio.timeout(self.hold_timeout):
+                    async with asyncio.timeout(self.hold_timeout) as deadline:
                         yield mutex
+                except TimeoutError:
+                    if not deadline.expired():
+                        raise
+                    raise HoldTimeout(
+                        f"work under lock {namespace}/{name} exceeded the hold timeout of "
+                        f"{self.hold_timeout}s; cancelled and released"
+                    ) from None
                 finally:
                     await mutex.release()
             finally:
@@ -94,3 +124,50 @@ class ConfigLocks:
             local.users -= 1
             if local.users == 0:
                 self._local.pop(key, None)
+
+    async def sweep(self) -> int:
+        """Delete this session's lock keys that no task of this process holds or waits
+        for (orphans of failed releases or abandoned acquires). Returns how many."""
+        if not self.session.alive:
+            return 0
+        base = f"{self.prefix.rstrip('/')}/locks/configs/".encode()
+        suffix = f"/{self.session.lease_id:x}".encode()
+        res = await self.session.client.range(base, prefix_end(base), keys_only=True)
+        removed = 0
+        for kv in res.kvs:
+            if not kv.key.endswith(suffix):
+                continue
+            parts = kv.key[len(base) : -len(suffix)].decode(errors="replace").split("/")
+            if len(parts) != 2:
+                continue
+            ns, name = parts
+            if (ns, name) in self._local:
+                continue  # in use: its own release path deletes it
+            # take the in-process lock so that no acquire of this Config starts meanwhile
+            local = self._local.setdefault((ns, name), _Local())
+            local.users += 1
+            try:
+                async with local.lock:
+                    res_del = await self.session.client.txn(
+                        [Compare.create_revision(kv.key, "=", kv.create_revision)],
+                        [DeleteRange(kv.key)],
+                    )
+                    if res_del.succeeded:
+                        removed += 1
+                        log.info("removed an orphaned lock key", extra={"config": f"{ns}/{name}"})
+            finally:
+                local.users -= 1
+                if local.users == 0:
+                    self._local.pop((ns, name), None)
+        self.suspects.clear()
+        self.swept += removed
+        return removed
+
+    async def run_sweeper(self, interval: float) -> None:
+        """Sweep every ``interval`` seconds (sooner when a release just failed)."""
+        while True:
+            await asyncio.sleep(interval if not self.suspects else min(interval, 1.0))
+            try:
+                await self.sweep()
+            except EtcdError as exc:
+                log.warning("lock sweep failed; will retry", extra={"error": str(exc)})

@@ -7,15 +7,24 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
-from etcdconfig.errors import Compacted, EtcdError, EtcdUnavailable, LockLost, LockTimeout
+from etcdconfig.errors import (
+    Compacted,
+    EtcdError,
+    EtcdUnavailable,
+    LeaseNotFound,
+    LockLost,
+    LockTimeout,
+)
 from etcdconfig.etcd import Compare, DeleteRange, KeyValue, Put, Range, prefix_end
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
     from etcdconfig.concurrency.session import Session
 
 log = logging.getLogger(__name__)
+
+RELEASE_ATTEMPTS = 4  # deletes of our own key before leaving it to the sweep
 
 
 class Mutex:
@@ -36,6 +45,11 @@ class Mutex:
         # keys read in the acquiring transaction (uncontended path only): a caller
         # saves a round trip by reading e.g. the head together with the lock
         self.prefetched: dict[bytes, KeyValue | None] = {}
+        self.orphaned = False  # our key may still exist: every delete of it failed
+        # our key may exist in etcd: from the moment the acquiring transaction is sent
+        # until a transaction that deletes it succeeds (a release, or the commit)
+        self.key_may_exist = False
+        self.on_orphan: Callable[[bytes], None] | None = None
 
     def is_owner(self) -> Compare:
         """Compare that holds only while this mutex still owns the lock."""
@@ -52,8 +66,13 @@ class Mutex:
     async def acquire(
         self, timeout: float | None = None, *, prefetch: tuple[bytes, ...] = ()
     ) -> None:
-        """Wait until this holder is first in line. On timeout (or cancellation)
-        remove our waiter key and raise; never return without the lock."""
+        """Wait until this holder is first in line. On timeout, cancellation or any
+        error, remove our waiter key and raise; never return without the lock.
+
+        The acquiring transaction may have created our key even when we never heard
+        back (a reply lost, a deadline hit while it was in flight): so every failure
+        path deletes the key by its name, not only when its revision is known.
+        """
         self.session.check()
         try:
             async with asyncio.timeout(timeout):
@@ -76,6 +95,7 @@ class Mutex:
         # current owner (the oldest key) in the same transaction, as etcd's Mutex does
         owner = Range(prefix, end, limit=1, sort_by_create=True)
         reads = [Range(k) for k in prefetch]
+        self.key_may_exist = True
         res = await self.session.client.txn(
             [Compare.create_revision(self.key, "=", 0)],
             [Put(self.key, self.identity.encode(), lease=self.session.lease_id), owner, *reads],
@@ -108,14 +128,20 @@ class Mutex:
             if not pred.kvs:
                 break
             self.contended = True
-            await self._wait_delete(pred.kvs[0].key, pred.revision)
+            await self._wait_delete(pred.kvs[0].key, pred.kvs[0].create_revision, pred.revision)
         # our own key may have gone with an expired lease while we waited
         mine, _ = await self.session.client.get(self.key)
         if mine is None or mine.create_revision != self.revision:
             raise LockLost(f"lock {self.prefix}: our waiter key vanished (session lease expired?)")
         self.held = True
 
-    async def _wait_delete(self, key: bytes, revision: int) -> None:
+    async def _wait_delete(self, key: bytes, create_revision: int, revision: int) -> None:
+        """Wait until the predecessor's key (as created at ``create_revision``) is gone.
+
+        After a compaction the watch cannot resume, so the key is read again: if it
+        exists with another create revision, it was deleted and re-created by the same
+        lease (released, then queued again): that new key waits behind us, not ahead.
+        """
         start = revision + 1
         while True:
             try:
@@ -129,7 +155,7 @@ class Mutex:
             except EtcdUnavailable:
                 self.session.check()
             kv, rev = await self.session.client.get(key)
-            if kv is None:
+            if kv is None or kv.create_revision != create_revision:
                 return
             start = rev + 1
 
@@ -143,23 +169,50 @@ class Mutex:
         return ""
 
     async def _abandon(self) -> None:
-        """Delete our waiter key (only ours: compare its create revision)."""
+        """Delete our waiter key, retrying transient errors; cancellation cannot stop it.
+
+        With its create revision known, the delete compares it (only that key goes);
+        without (the acquiring transaction's outcome is unknown), it deletes by name:
+        the name is this lease's for this lock, and the in-process lock of
+        :class:`~etcdconfig.concurrency.ConfigLocks` keeps one Mutex per lock per
+        process. If every try fails, ``orphaned`` is set and ``on_orphan`` is told, so
+        a periodic sweep removes the key later (it would live as long as the lease).
+        """
         rev, self.revision, self.held = self.revision, 0, False
         self.prefetched.clear()
-        if rev:
-            with contextlib.suppress(EtcdError):
-                await asyncio.shield(
-                    self.session.client.txn(
-                        [Compare.create_revision(self.key, "=", rev)], [DeleteRange(self.key)]
+        if self.key_may_exist:
+            await asyncio.shield(self._delete_own_key(rev))
+
+    async def _delete_own_key(self, rev: int) -> None:
+        compares = [Compare.create_revision(self.key, "=", rev)] if rev else []
+        delay = 0.05
+        for attempt in range(1, RELEASE_ATTEMPTS + 1):
+            try:
+                await self.session.client.txn(compares, [DeleteRange(self.key)])
+                self.key_may_exist = False
+                return
+            except LeaseNotFound:
+                self.key_may_exist = False
+                return
+            except EtcdError as exc:
+                if attempt == RELEASE_ATTEMPTS:
+                    log.warning(
+                        "could not delete our lock key; the sweep will",
+                        extra={"key": self.key.decode(errors="replace"), "error": str(exc)},
                     )
-                )
+                    break
+                await asyncio.sleep(delay)  # backoff between release attempts
+                delay = min(delay * 4, 1.0)
+        self.orphaned = True
+        if self.on_orphan is not None:
+            self.on_orphan(self.key)
 
     async def release(self) -> None:
         await self._abandon()
 
     def released_by_commit(self) -> None:
         """The commit transaction deleted our key itself (release in the same txn)."""
-        self.revision, self.held = 0, False
+        self.revision, self.held, self.key_may_exist = 0, False, False
         self.prefetched.clear()
 
     @contextlib.asynccontextmanager

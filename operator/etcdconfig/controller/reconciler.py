@@ -18,6 +18,7 @@ from etcdconfig.errors import (
     EtcdPermissionDenied,
     InvalidConfig,
     LockError,
+    OwnerUnconfirmed,
     StaleIncarnation,
     UnsupportedFormat,
 )
@@ -179,7 +180,8 @@ class Reconciler:
         assert rt.store is not None
         assert rt.locks is not None
         started = time.monotonic()
-        async with rt.locks.hold(change.namespace, change.name) as mutex:
+        prefetch = rt.store.lock_prefetch(change.namespace, change.name, change.uid)
+        async with rt.locks.hold(change.namespace, change.name, prefetch=prefetch) as mutex:
             metrics.LOCK_ACQUIRE.observe(time.monotonic() - started)
             if mutex.contended:
                 metrics.LOCK_CONTENTION.inc()
@@ -188,16 +190,24 @@ class Reconciler:
                 try:
                     return await rt.store.commit(change, mutex)
                 except StaleIncarnation:
+                    # a late event (or a stale listed copy) of a deleted object: write nothing
                     metrics.CONFLICTS.labels("stale_incarnation").inc()
-                    head = await rt.store.head(change.namespace, change.name)
-                    if head is not None and head.uid == change.uid and head.deleted:
-                        return None  # a late event of a deleted object: write nothing
+                    return None
+                except OwnerUnconfirmed:
+                    # the store has not seen this uid: only the object that owns the name
+                    # now may write, and only the API server knows which that is; asked
+                    # while the lock is held, so no deletion can be recorded in between
                     current = await rt.kube.get_config(change.namespace, change.name)
                     if current is None or current["metadata"]["uid"] != change.uid:
+                        metrics.CONFLICTS.labels("stale_incarnation").inc()
                         return None  # not the object that owns the name now
-                    return await rt.store.commit(
-                        dataclasses.replace(change, owner_confirmed=True), mutex
-                    )
+                    try:
+                        return await rt.store.commit(
+                            dataclasses.replace(change, owner_confirmed=True), mutex
+                        )
+                    except StaleIncarnation:
+                        metrics.CONFLICTS.labels("stale_incarnation").inc()
+                        return None
             finally:
                 for kind in ("conflicts", "lost_locks", "unknown_outcomes"):
                     n = rt.store.stats[kind] - before[kind]

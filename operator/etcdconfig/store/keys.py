@@ -27,6 +27,12 @@ class Keys:
     def version(self, namespace: str, name: str, version: int) -> bytes:
         return f"{self.config(namespace, name)}/versions/{version:020d}".encode()
 
+    def incarnations(self, namespace: str, name: str) -> bytes:
+        return f"{self.config(namespace, name)}/incarnations/".encode()
+
+    def incarnation(self, namespace: str, name: str, uid: str) -> bytes:
+        return f"{self.config(namespace, name)}/incarnations/{uid}".encode()
+
     def configs(self) -> bytes:
         return f"{self.root}/configs/".encode()
 

@@ -85,6 +85,59 @@ class Head:
 
 
 @dataclass(frozen=True)
+class Incarnation:
+    """What the store knows of one object (uid) that held the Config's name.
+
+    Stored at ``{config}/incarnations/{uid}``. Written in the transaction of the uid's
+    first version and by its deletion; it outlives the head, so a uid whose deletion
+    was ever recorded is refused for good, whatever the head says later.
+    """
+
+    uid: str
+    first_version: int | None = None  # the first version this uid recorded (None: none yet)
+    last_version: int | None = None  # set at deletion: the uid's newest version then
+    deleted: bool = False
+    purged: bool = False
+    superseded_by: str | None = None  # a newer uid recorded while this one had no tombstone
+    recorded_at: str = ""
+    mod_revision: int = 0
+
+    @classmethod
+    def parse(cls, raw: bytes, *, mod_revision: int = 0, what: str = "incarnation") -> Incarnation:
+        obj = _load(raw, what)
+        try:
+            first, last = obj.get("firstVersion"), obj.get("lastVersion")
+            return cls(
+                uid=str(obj["uid"]),
+                first_version=None if first is None else int(first),
+                last_version=None if last is None else int(last),
+                deleted=bool(obj.get("deleted", False)),
+                purged=bool(obj.get("purged", False)),
+                superseded_by=obj.get("supersededBy"),
+                recorded_at=str(obj.get("recordedAt", "")),
+                mod_revision=mod_revision,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptRecord(f"{what} lacks a valid field: {exc}") from exc
+
+    def to_json(self) -> dict[str, Any]:
+        obj: dict[str, Any] = {
+            "format": FORMAT,
+            "uid": self.uid,
+            "firstVersion": self.first_version,
+            "recordedAt": self.recorded_at,
+        }
+        if self.deleted:
+            obj["deleted"] = True
+            obj["lastVersion"] = self.last_version
+        if self.purged:
+            obj["purged"] = True
+        if self.superseded_by:
+            obj["supersededBy"] = self.superseded_by
+        return obj
+
+
+@dataclass(frozen=True)
 class VersionRecord:
     """One immutable version. ``raw`` is the stored JSON object, field for field."""
 

@@ -15,6 +15,8 @@ retried: the retry re-reads the head and finds the first attempt if it landed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import datetime as dt
 import logging
 from dataclasses import dataclass, field
@@ -29,16 +31,26 @@ from etcdconfig.errors import (
     InvalidConfig,
     LockLost,
     NotFound,
+    OwnerUnconfirmed,
     StaleIncarnation,
     StoreError,
     ValidationIssue,
 )
-from etcdconfig.etcd import Compare, DeleteRange, EtcdClient, Put, Range
+from etcdconfig.etcd import Compare, DeleteRange, EtcdClient, KeyValue, Put, Range
 from etcdconfig.store.keys import Keys
-from etcdconfig.store.records import FORMAT, Head, VersionRecord, dump, record_checksum
+from etcdconfig.store.records import (
+    FORMAT,
+    Head,
+    Incarnation,
+    VersionRecord,
+    dump,
+    record_checksum,
+)
 from etcdconfig.validation import Validator
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from etcdconfig.concurrency import ConfigLocks, Mutex
 
 log = logging.getLogger(__name__)
@@ -189,18 +201,30 @@ class VersionedStore:
         """The compare that makes a write count only while the lock is held."""
         return [mutex.is_owner()]
 
+    def lock_prefetch(self, namespace: str, name: str, uid: str) -> tuple[bytes, ...]:
+        """The keys a commit or deletion reads first: read them in the lock's own
+        transaction (one round trip less when the lock is free)."""
+        return (self.keys.head(namespace, name), self.keys.incarnation(namespace, name, uid))
+
     async def record(self, change: ChangeRequest, locks: ConfigLocks) -> CommitResult:
         """Lock the Config, commit, release (the commit releases in its own transaction)."""
-        head_key = self.keys.head(change.namespace, change.name)
-        async with locks.hold(change.namespace, change.name, prefetch=(head_key,)) as mutex:
+        prefetch = self.lock_prefetch(change.namespace, change.name, change.uid)
+        async with locks.hold(change.namespace, change.name, prefetch=prefetch) as mutex:
             return await self.commit(change, mutex)
 
     async def commit(self, change: ChangeRequest, mutex: Mutex) -> CommitResult:
-        """Record ``change`` under ``mutex``; retries an unknown outcome idempotently."""
+        """Record ``change`` under ``mutex``; retries an unknown outcome idempotently.
+
+        Every attempt that was sent is remembered as (version, recordChecksum): the
+        record is unique to this attempt (it carries the fencing revision, the replica
+        and the time), so "did my write land?" is answered by finding that exact
+        record, never by (uid, generation), which another writer may also have stored.
+        """
+        sent: list[tuple[int, str]] = []
         unknown = False
         for attempt in range(1, self.max_attempts + 1):
             try:
-                return await self._commit_once(change, mutex, attempt, after_unknown=unknown)
+                return await self._commit_once(change, mutex, attempt, sent, after_unknown=unknown)
             except EtcdUnavailable:
                 if attempt == self.max_attempts:
                     raise
@@ -227,16 +251,35 @@ class VersionedStore:
                 reason="TooLarge",
             )
 
+    async def _read_state(
+        self, mutex: Mutex, keys: tuple[bytes, ...], *, fresh: bool
+    ) -> list[KeyValue | None]:
+        """``keys`` as read with the lock (prefetched) or, when ``fresh`` or not all
+        prefetched, as of now in one round trip."""
+        if not fresh:
+            got = [mutex.take_prefetched(k) for k in keys]
+            if all(found for found, _ in got):
+                return [kv for _, kv in got]
+        res = await self.client.txn([], [Range(k) for k in keys])
+        return [r.kvs[0] if r is not None and r.kvs else None for r in res.responses]
+
     async def _commit_once(
-        self, change: ChangeRequest, mutex: Mutex, attempt: int, *, after_unknown: bool
+        self,
+        change: ChangeRequest,
+        mutex: Mutex,
+        attempt: int,
+        sent: list[tuple[int, str]],
+        *,
+        after_unknown: bool,
     ) -> CommitResult:
-        ns, name = change.namespace, change.name
+        ns, name, uid = change.namespace, change.name, change.uid
         head_key = self.keys.head(ns, name)
+        inc_key = self.keys.incarnation(ns, name, uid)
         # the head as read in the lock's own transaction saves a round trip; after an
         # unknown outcome or a retry, always read it afresh
-        found, head_kv = mutex.take_prefetched(head_key)
-        if not found or attempt > 1 or after_unknown:
-            head_kv, _ = await self.client.get(head_key)
+        head_kv, inc_kv = await self._read_state(
+            mutex, (head_key, inc_key), fresh=attempt > 1 or after_unknown
+        )
         head = (
             Head.parse(
                 head_kv.value, mod_revision=head_kv.mod_revision, what=f"head of {ns}/{name}"
@@ -244,43 +287,54 @@ class VersionedStore:
             if head_kv
             else None
         )
+        inc = (
+            Incarnation.parse(
+                inc_kv.value,
+                mod_revision=inc_kv.mod_revision,
+                what=f"incarnation {uid} of {ns}/{name}",
+            )
+            if inc_kv
+            else None
+        )
+        # a previous attempt whose outcome was unknown may have landed: find its record
+        if sent and head is not None and await self._landed(ns, name, head, sent):
+            mutex.released_by_commit()  # the landed transaction deleted the lock key
+            self.stats["commits"] += 1
+            return CommitResult(head=head, recorded=True, attempts=attempt)
+        # a uid whose deletion was ever recorded never writes again, whatever the head
+        # holds now (another incarnation's tombstone included)
+        if (inc is not None and inc.deleted) or (
+            head is not None and head.uid == uid and head.deleted
+        ):
+            raise StaleIncarnation(
+                f"{ns}/{name} uid {uid} was deleted; its late events write nothing"
+            )
+        if head is not None and head.uid == uid and head.generation >= change.generation:
+            self.stats["already_recorded"] += 1
+            return CommitResult(head=head, recorded=False, attempts=attempt)
+        # a uid the head does not name: only the object that owns the name now may write
+        # (a stale copy of a deleted object must not), which only the API server knows
+        if (head is None or head.uid != uid) and not change.owner_confirmed:
+            raise OwnerUnconfirmed(
+                f"{ns}/{name}: the store has no live record of uid {uid}; "
+                "confirm with the API server that it owns the name before recording"
+            )
+
         # the data is canonicalised once: hashed, validated by checksum, spliced into the record
         data_raw = canonical_json(change.data) if isinstance(change.data, dict) else None
         data_checksum = sha256_of(data_raw) if data_raw is not None else None
-        if head is not None and head.uid == change.uid and not head.deleted:
-            if head.generation >= change.generation:
-                landed = (
-                    after_unknown
-                    and head.generation == change.generation
-                    and head.checksum == data_checksum
-                )
-                if landed:
-                    mutex.released_by_commit()
-                    self.stats["commits"] += 1
-                else:
-                    self.stats["already_recorded"] += 1
-                return CommitResult(head=head, recorded=landed, attempts=attempt)
-        elif head is not None and head.uid == change.uid and head.deleted:
-            raise StaleIncarnation(
-                f"{ns}/{name} uid {change.uid} was deleted; its late events write nothing"
-            )
-        elif head is not None and not head.deleted and not change.owner_confirmed:
-            raise StaleIncarnation(
-                f"{ns}/{name}: the store's head belongs to uid {head.uid}, not {change.uid}; "
-                "confirm which object owns the name before recording"
-            )
-
         self.validator.require_valid(change.data, change.schema, data_checksum=data_checksum)
         assert data_checksum is not None
         assert data_raw is not None
-        continues = head is not None and not head.purged and head.version > 0
+        # numbering continues from whatever the head points at (a tombstone included)
+        continues = head is not None and head.version > 0
         version = head.version + 1 if head is not None and continues else 1
         parent = head.record_checksum if head is not None and continues else None
         recorded_at = now_rfc3339()
         record: dict[str, Any] = {
             "format": FORMAT,
             "version": version,
-            "uid": change.uid,
+            "uid": uid,
             "generation": change.generation,
             "checksum": data_checksum,
             "parentChecksum": parent,
@@ -300,7 +354,7 @@ class VersionedStore:
         rc = sha256_of(record_raw)
         new_head = Head(
             version=version,
-            uid=change.uid,
+            uid=uid,
             generation=change.generation,
             checksum=data_checksum,
             record_checksum=rc,
@@ -313,27 +367,42 @@ class VersionedStore:
         success: list[Put | DeleteRange | Range] = [
             Put(version_key, record_raw),
             Put(head_key, head_raw),
-            DeleteRange(mutex.key),
         ]
+        compares = [
+            *self.fencing_compares(mutex),
+            Compare.mod_revision(head_key, "=", head_kv.mod_revision if head_kv else 0),
+            Compare.create_revision(version_key, "=", 0),
+            # the uid's incarnation record is as read: above all, not deleted since
+            Compare.mod_revision(inc_key, "=", inc_kv.mod_revision if inc_kv else 0),
+        ]
+        if head is None or head.uid != uid:
+            # this uid's first version: remember it for good (its deletion will mark it)
+            first = Incarnation(uid=uid, first_version=version, recorded_at=recorded_at)
+            success.append(Put(inc_key, dump(first.to_json())))
+        if head is not None and head.uid != uid and not head.deleted:
+            # the head's uid vanished without a tombstone (deleted before the finalizer,
+            # or the finalizer removed by hand): it ends here, and never writes again
+            success_op, compare = await self._supersede(ns, name, head, uid, recorded_at)
+            success.append(success_op)
+            compares.append(compare)
+        success.append(DeleteRange(mutex.key))  # release the lock in the same transaction
         oldest_kept = version - change.max_versions + 1
         if oldest_kept > 1:
             success.append(
                 DeleteRange(self.keys.versions(ns, name), self.keys.version(ns, name, oldest_kept))
             )
-        compares = [
-            *self.fencing_compares(mutex),
-            Compare.mod_revision(head_key, "=", head_kv.mod_revision if head_kv else 0),
-            Compare.create_revision(version_key, "=", 0),
-        ]
         # read the version back inside the same transaction: etcd applies the ops in
         # order, so this returns what it stored (post-update integrity, no extra round trip)
         success.append(Range(version_key))
+        sent.append((version, rc))
         res = await self.client.txn(
             compares, success, [Range(head_key), Range(mutex.key), Range(version_key)]
         )
         if not res.succeeded:
             self.stats["failed_cas"] += 1
-            return self._classify_failure(change, mutex, res.responses, head_kv, attempt)
+            return await self._classify_failure(
+                change, mutex, res.responses, head_kv, sent, attempt
+            )
         mutex.released_by_commit()
         self.stats["commits"] += 1
         # records are stored canonical: the bytes read back must hash to recordChecksum
@@ -349,16 +418,79 @@ class VersionedStore:
             head=new_head, recorded=True, record=VersionRecord(raw=record), attempts=attempt
         )
 
-    def _classify_failure(
+    async def _supersede(
+        self, ns: str, name: str, head: Head, uid: str, recorded_at: str
+    ) -> tuple[Put, Compare]:
+        """The op (and its compare) that ends the head's incarnation for a newer uid."""
+        key = self.keys.incarnation(ns, name, head.uid)
+        kv, _ = await self.client.get(key)
+        old = Incarnation.parse(kv.value) if kv else Incarnation(uid=head.uid)
+        ended = dataclasses.replace(
+            old,
+            last_version=head.version,
+            deleted=True,
+            superseded_by=uid,
+            recorded_at=recorded_at,
+        )
+        return (
+            Put(key, dump(ended.to_json())),
+            Compare.mod_revision(key, "=", kv.mod_revision if kv else 0),
+        )
+
+    async def _landed(self, ns: str, name: str, head: Head, sent: list[tuple[int, str]]) -> bool:
+        """Did one of the attempts ``sent`` (version, recordChecksum) land? Only that exact
+        record counts: the same (uid, generation) written by another holder does not."""
+        for version, rc in sent:
+            if head.record_checksum == rc:
+                return True
+            if version > head.version:
+                continue  # the head never reached it (or a Purge removed it)
+            kv, _ = await self.client.get(self.keys.version(ns, name, version))
+            if kv is not None:
+                if sha256_of(kv.value) == rc:
+                    return True
+                continue
+            # pruned by retention since: its successor names it as parent
+            nxt, _ = await self.client.get(self.keys.version(ns, name, version + 1))
+            if nxt is not None:
+                with contextlib.suppress(StoreError):
+                    if VersionRecord.parse(nxt.value).parent_checksum == rc:
+                        return True
+        return False
+
+    async def _classify_failure(
         self,
         change: ChangeRequest,
         mutex: Mutex,
         responses: tuple[Any, ...],
         old_head_kv: Any,
+        sent: list[tuple[int, str]],
         attempt: int,
     ) -> CommitResult:
+        """Say why a commit transaction failed, by what the head says first: an earlier
+        attempt of ours may have landed (and released the lock) in the meantime."""
         ns, name = change.namespace, change.name
         head_res, lock_res, version_res = responses
+        head_kvs = head_res.kvs if head_res else ()
+        now = (
+            Head.parse(head_kvs[0].value, mod_revision=head_kvs[0].mod_revision)
+            if head_kvs
+            else None
+        )
+        # the attempt that just failed did not land; an earlier one with an unknown
+        # outcome may have
+        if now is not None and await self._landed(ns, name, now, sent[:-1]):
+            mutex.released_by_commit()
+            self.stats["commits"] += 1
+            return CommitResult(head=now, recorded=True, attempts=attempt)
+        if (
+            now is not None
+            and now.uid == change.uid
+            and not now.deleted
+            and now.generation >= change.generation
+        ):
+            self.stats["already_recorded"] += 1
+            return CommitResult(head=now, recorded=False, attempts=attempt)
         lock_kvs = lock_res.kvs if lock_res else ()
         if not lock_kvs or lock_kvs[0].create_revision != mutex.revision:
             self.stats["lost_locks"] += 1
@@ -367,12 +499,6 @@ class VersionedStore:
                 f"{ns}/{name}: the lock was lost before the commit (session lease expired?); "
                 "nothing was written"
             )
-        head_kvs = head_res.kvs if head_res else ()
-        if head_kvs:
-            now = Head.parse(head_kvs[0].value, mod_revision=head_kvs[0].mod_revision)
-            if now.uid == change.uid and not now.deleted and now.generation >= change.generation:
-                self.stats["already_recorded"] += 1
-                return CommitResult(head=now, recorded=False, attempts=attempt)
         moved = (head_kvs[0].mod_revision if head_kvs else 0) != (
             old_head_kv.mod_revision if old_head_kv else 0
         )
@@ -382,59 +508,155 @@ class VersionedStore:
                 "else?); refusing to overwrite it — run `etcdconfig verify`"
             )
         self.stats["conflicts"] += 1
-        raise Conflict(f"{ns}/{name}: the head moved during the commit; retry")
+        raise Conflict(f"{ns}/{name}: the head or the incarnation moved during the commit; retry")
 
     # --- deletion -----------------------------------------------------------------------------
 
     async def delete(
         self, namespace: str, name: str, uid: str, mutex: Mutex, *, purge: bool
     ) -> Head | None:
-        """Tombstone the head (Retain) or remove history and leave a tombstone (Purge).
+        """Record the deletion of incarnation ``uid``: its incarnation record says deleted
+        (for good), and the head becomes a tombstone unless another uid's live head
+        holds the name.
 
-        The tombstone stops late events of the deleted object from writing; a
-        re-created Config (new uid) continues the numbering after Retain.
+        Retain keeps every version. Purge removes the versions this uid recorded, and
+        only those: history an earlier incarnation kept under Retain survives, and the
+        tombstone then points at the newest remaining version, from which a re-created
+        Config continues the numbering (at 1 when nothing remains).
         """
-        head_key = self.keys.head(namespace, name)
-        head_kv, _ = await self.client.get(head_key)
-        head = Head.parse(head_kv.value) if head_kv else None
-        if head is not None and head.uid != uid and not head.deleted:
-            log.info(
-                "head belongs to another incarnation; nothing to delete",
-                extra={"config": f"{namespace}/{name}"},
+        ns = namespace
+        head_key = self.keys.head(ns, name)
+        inc_key = self.keys.incarnation(ns, name, uid)
+        head_kv, inc_kv = await self._read_state(mutex, (head_key, inc_key), fresh=True)
+        head = Head.parse(head_kv.value, what=f"head of {ns}/{name}") if head_kv else None
+        inc = (
+            Incarnation.parse(inc_kv.value, what=f"incarnation {uid} of {ns}/{name}")
+            if inc_kv
+            else None
+        )
+        owns_head = head is not None and head.uid == uid
+        if inc is not None and inc.deleted and (inc.purged or not purge):
+            return head  # already recorded
+        legacy_tomb = inc is None and owns_head and head is not None and head.deleted
+        if legacy_tomb and head is not None and (head.purged or not purge):
+            return head  # recorded by an earlier release (no incarnation record yet)
+        now = now_rfc3339()
+        # the versions this uid recorded: a contiguous run ending at its last version
+        last = (
+            head.version
+            if owns_head and head is not None
+            else (inc.last_version if inc is not None else None)
+        )
+        first = inc.first_version if inc is not None else None
+        own: list[KeyValue] = []
+        if last and (first is not None or inc is None):
+            own = await self._own_versions(ns, name, uid, first, last)
+        ops: list[Put | DeleteRange | Range] = []
+        tomb: Head | None = None
+        if purge and own and last:
+            low = VersionRecord.parse(own[-1].value).version
+            ops.append(
+                DeleteRange(self.keys.version(ns, name, low), self.keys.version(ns, name, last + 1))
             )
-            return head
-        if head is not None and head.uid == uid and head.deleted and head.purged == purge:
-            return head
-        tomb = Head(
-            version=0 if purge or head is None else head.version,
+        if head is None or head.deleted or owns_head:
+            pointer: tuple[int, str | None, str | None] = (
+                (head.version, head.checksum, head.record_checksum) if head else (0, None, None)
+            )
+            if purge and own and owns_head:
+                pointer = await self._remaining_below(ns, name, own[-1])
+            tomb = Head(
+                version=pointer[0],
+                uid=uid,
+                generation=head.generation if owns_head and head is not None else 0,
+                checksum=pointer[1],
+                record_checksum=pointer[2],
+                recorded_at=now,
+                deleted=True,
+                purged=purge,
+            )
+            ops.append(Put(head_key, dump(tomb.to_json())))
+        ended = Incarnation(
             uid=uid,
-            generation=head.generation if head else 0,
-            checksum=None if purge or head is None else head.checksum,
-            record_checksum=None if purge or head is None else head.record_checksum,
-            recorded_at=now_rfc3339(),
+            first_version=first
+            if first is not None
+            else (VersionRecord.parse(own[-1].value).version if own else None),
+            last_version=last if own else (inc.last_version if inc is not None else None),
             deleted=True,
             purged=purge,
+            superseded_by=inc.superseded_by if inc is not None else None,
+            recorded_at=now,
         )
-        ops: list[Put | DeleteRange | Range] = [
-            Put(head_key, dump(tomb.to_json())),
-            DeleteRange(mutex.key),
-        ]
-        if purge:
-            versions = self.keys.versions(namespace, name)
-            ops.insert(0, DeleteRange(versions, Keys.end(versions)))
+        ops.append(Put(inc_key, dump(ended.to_json())))
+        ops.append(DeleteRange(mutex.key))
         res = await self.client.txn(
             [
                 *self.fencing_compares(mutex),
                 Compare.mod_revision(head_key, "=", head_kv.mod_revision if head_kv else 0),
+                Compare.mod_revision(inc_key, "=", inc_kv.mod_revision if inc_kv else 0),
             ],
             ops,
         )
         if not res.succeeded:
-            raise Conflict(f"{namespace}/{name}: lock lost or head moved during deletion; retry")
+            raise Conflict(f"{ns}/{name}: lock lost or head moved during deletion; retry")
         mutex.released_by_commit()
-        return tomb
+        return tomb if tomb is not None else head
+
+    async def _own_versions(
+        self, ns: str, name: str, uid: str, first: int | None, last: int
+    ) -> list[KeyValue]:
+        """The retained records of ``uid``, newest first: scanning down from ``last``
+        while the records are this uid's (and not below ``first`` when known)."""
+        start = self.keys.version(ns, name, first) if first else self.keys.versions(ns, name)
+        end = self.keys.version(ns, name, last + 1)
+        out: list[KeyValue] = []
+        while True:
+            res = await self.client.range(start, end, limit=100, descending=True)
+            for kv in res.kvs:
+                rec = VersionRecord.parse(kv.value, what=f"{ns}/{name} {kv.key.decode()}")
+                if rec.uid != uid:
+                    return out
+                out.append(kv)
+            if not res.more or not res.kvs:
+                return out
+            end = res.kvs[-1].key
+
+    async def _remaining_below(
+        self, ns: str, name: str, oldest_own: KeyValue
+    ) -> tuple[int, str | None, str | None]:
+        """(version, checksum, recordChecksum) of the newest version below ``oldest_own``
+        that stays after a Purge, or (0, None, None) if none does."""
+        rec = VersionRecord.parse(oldest_own.value)
+        if rec.version <= 1:
+            return 0, None, None
+        kv, _ = await self.client.get(self.keys.version(ns, name, rec.version - 1))
+        if kv is None:
+            return 0, None, None  # retention pruned it: nothing remains below
+        below = VersionRecord.parse(kv.value)
+        return below.version, below.checksum, sha256_of(kv.value)
 
     # --- integrity ----------------------------------------------------------------------------
+
+    async def _incarnations(
+        self, namespace: str, name: str, revision: int, add: Callable[[int | None, str, str], None]
+    ) -> dict[str, Incarnation]:
+        start = self.keys.incarnations(namespace, name)
+        res = await self.client.range(start, Keys.end(start), revision=revision)
+        out: dict[str, Incarnation] = {}
+        for kv in res.kvs:
+            try:
+                inc = Incarnation.parse(kv.value, mod_revision=kv.mod_revision)
+            except StoreError as exc:
+                add(None, "corrupt-incarnation", f"{kv.key.decode(errors='replace')}: {exc}")
+                continue
+            out[inc.uid] = inc
+        return out
+
+    async def incarnations(self, namespace: str, name: str) -> list[Incarnation]:
+        """Every incarnation (uid) the store has recorded for the Config, oldest first."""
+        start = self.keys.incarnations(namespace, name)
+        res = await self.client.range(start, Keys.end(start))
+        incs = [Incarnation.parse(kv.value, mod_revision=kv.mod_revision) for kv in res.kvs]
+        return sorted(incs, key=lambda i: (i.first_version or 0, i.mod_revision))
 
     async def verify(self, namespace: str, name: str) -> list[Problem]:
         """Re-hash every retained version and the checksum chain; [] when intact."""
@@ -508,34 +730,73 @@ class VersionedStore:
                     f"{prev.version} ({prev.record_checksum()})",
                 )
             prev = rec
-        if head is not None:
-            for rec in records:
-                if rec.version > head.version:
-                    add(
-                        rec.version,
-                        "beyond-head",
-                        f"stored after the head's version {head.version} "
-                        "(written by something else?)",
-                    )
-            records = [r for r in records if r.version <= head.version]
-            prev = records[-1] if records else None
-        if head is not None and not head.purged and head.version > 0:
-            if prev is None or prev.version != head.version:
+        incarnations = await self._incarnations(namespace, name, snapshot, add)
+        for rec in records:
+            ended = incarnations.get(rec.uid)
+            if ended is not None and ended.deleted and rec.mod_revision > ended.mod_revision:
+                add(
+                    rec.version,
+                    "written-after-deletion",
+                    f"recorded for uid {rec.uid} after its deletion was recorded",
+                )
+        if head is None:
+            if records and head_kv is None:
+                add(None, "missing-head", f"{len(records)} version(s) stored but no head")
+            return problems
+        for rec in records:
+            if rec.version > head.version:
+                add(
+                    rec.version,
+                    "beyond-head",
+                    f"stored after the head's version {head.version} (written by something else?)",
+                )
+        records = [r for r in records if r.version <= head.version]
+        newest = records[-1] if records else None
+        ended = incarnations.get(head.uid)
+        if ended is not None and ended.deleted != head.deleted:
+            add(
+                None,
+                "head-mismatch",
+                f"head says uid {head.uid} is {'deleted' if head.deleted else 'live'}, its "
+                f"incarnation record says {'deleted' if ended.deleted else 'live'}",
+            )
+        if head.version == 0:
+            if not head.deleted:
+                add(None, "head-mismatch", "a live head with version 0")
+            return problems
+        if newest is None or newest.version != head.version:
+            add(
+                head.version,
+                "head-mismatch",
+                f"head points to version {head.version}, newest stored is "
+                f"{newest.version if newest else 'none'}",
+            )
+            return problems
+        if head.record_checksum != newest.record_checksum():
+            add(
+                head.version,
+                "head-mismatch",
+                f"head recordChecksum {head.record_checksum} != {newest.record_checksum()}",
+            )
+        if head.checksum != newest.checksum:
+            add(head.version, "head-mismatch", "head checksum differs from the record's")
+        if not head.deleted:
+            # the head is what decides "already recorded": a raised generation or another
+            # uid there would silently drop every later change
+            if head.uid != newest.uid:
                 add(
                     head.version,
                     "head-mismatch",
-                    f"head points to version {head.version}, newest stored is "
-                    f"{prev.version if prev else 'none'}",
+                    f"head says uid {head.uid}, version {newest.version} was recorded for "
+                    f"uid {newest.uid}",
                 )
-            else:
-                if head.record_checksum != prev.record_checksum():
-                    add(
-                        head.version,
-                        "head-mismatch",
-                        f"head recordChecksum {head.record_checksum} != {prev.record_checksum()}",
-                    )
-                if head.checksum != prev.checksum:
-                    add(head.version, "head-mismatch", "head checksum differs from the record's")
+            if head.generation != newest.generation:
+                add(
+                    head.version,
+                    "head-mismatch",
+                    f"head says generation {head.generation}, version {newest.version} "
+                    f"records generation {newest.generation}",
+                )
         return problems
 
 
