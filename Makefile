@@ -4,10 +4,20 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install tools lint test test-unit test-integration test-e2e bench bench-quick demo demo-down soak clean
+.PHONY: install tools system-packages lint test test-unit test-integration test-e2e bench bench-quick demo demo-down soak clean
 
-## install: a .venv with the package and every dev tool, plus the Go-built binaries (cached)
-install: $(BIN)/.installed tools
+## install: a .venv with the package and every dev tool, the Go-built binaries (cached) and the
+## Debian packages the tests need (spin, the model checker of spec/)
+install: $(BIN)/.installed tools system-packages
+
+## system-packages: install with apt-get the Debian packages that are missing (says which)
+DEBIAN_PACKAGES := spin
+system-packages:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

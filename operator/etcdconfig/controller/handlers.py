@@ -126,6 +126,19 @@ def _plain(body: kopf.Body) -> dict[str, Any]:
 
 
 def _apply(patch: kopf.Patch, obj: dict[str, Any], status: dict[str, Any]) -> None:
+    """Hand the status to kopf, which patches it without a resourceVersion guard.
+
+    Can a slow handler on an old body set an older observedGeneration? Within one
+    replica, no: kopf handles one object's events one at a time, so the handler for
+    generation g finishes (and its patch lands) before g+1 is handled. Across
+    replicas, only when ownership moves while a handler runs (the old owner paused,
+    or membership changing): the old owner's late patch can then regress
+    observedGeneration until the new owner's resync round, whose status patches are
+    guarded by resourceVersion and compare the status with the store's head
+    (``Resync.reconcile_one``), at most ``resync_interval`` later, and at once when
+    membership changes. It is status only: what is recorded is decided by the fenced
+    commit, never by status, so no version can be lost or duplicated through it.
+    """
     if status_differs(obj.get("status") or {}, status):
         for key, value in status.items():
             patch.status[key] = value
