@@ -10,13 +10,22 @@ version, or a stream of new versions as they are recorded::
         async for record in reader.watch("prod", "payments"):
             apply(record.data)
 
-Versions never change once written, so they are cached (LRU, bounded) by
-``(namespace, name, version)``; ``hits``/``misses`` and the Prometheus counters
-``etcdconfig_cache_{hits,misses}_total{cache="reader"}`` show how well. Every
-record is verified when it is loaded from etcd: its data must hash to its
-``checksum``, and, when read through the head, the stored record must hash to
-the head's ``recordChecksum`` — a tampered record raises ``CorruptRecord``
-instead of reaching the application.
+A version record never changes once written, so records are cached (LRU,
+bounded); ``hits``/``misses`` and the Prometheus counters
+``etcdconfig_cache_{hits,misses}_total{cache="reader"}`` show how well. A version
+*number* is not a name for a record, though: after ``deletionPolicy: Purge`` a
+later incarnation of the Config records new versions under the numbers the purged
+one used. So the cache is keyed by the record checksum (SHA-256 of the stored
+record): ``current()`` and the watch look a record up by the checksum the head (or
+the next version's ``parentChecksum``) names, and ``version(n)`` reads the key and
+serves the cached record only if the stored bytes are the same. A cache hit is
+therefore always the exact record etcd holds or the head points at.
+
+Every record is verified when it is loaded from etcd
+(:func:`etcdconfig.store.integrity.check_record`): its data must hash to its
+``checksum``, and, when read through the head (or a successor), the stored record
+must hash to the head's ``recordChecksum`` (the successor's ``parentChecksum``) —
+a tampered record raises ``CorruptRecord`` instead of reaching the application.
 
 The reader only reads: it needs read access to ``{prefix}/configs/`` and no
 lock, lease or write permission.
@@ -30,14 +39,15 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from etcdconfig import metrics
-from etcdconfig.canonical import checksum, sha256_of
-from etcdconfig.errors import Compacted, CorruptRecord, EtcdConfigError, EtcdUnavailable, NotFound
+from etcdconfig.canonical import sha256_of
+from etcdconfig.errors import Compacted, EtcdUnavailable, NotFound
 from etcdconfig.etcd import EtcdClient
+from etcdconfig.store.integrity import describe, load_record
 from etcdconfig.store.keys import Keys
 from etcdconfig.store.records import Head, VersionRecord
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, AsyncIterator
+    from collections.abc import AsyncGenerator
     from types import TracebackType
 
     from etcdconfig.settings import Settings
@@ -48,12 +58,15 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_SIZE = 256
 _RETRY_MAX = 10.0  # seconds between attempts to re-establish a broken watch, at most
+_PINNED_READ_ATTEMPTS = 3  # a head and its version are read at one revision; compaction may race
 
-_Key = tuple[str, str, int]
+# (namespace, name, version, record checksum): the record checksum makes an entry the one
+# exact record; the version guards against the same bytes stored under another key
+_Key = tuple[str, str, int, str]
 
 
 class ConfigReader:
-    """Read-only access to Config versions in etcd, with a cache of immutable versions.
+    """Read-only access to Config versions in etcd, with a cache of immutable records.
 
     ``source`` is an :class:`~etcdconfig.etcd.EtcdClient` the caller owns (and
     closes), or :class:`~etcdconfig.settings.Settings`, from which the reader makes
@@ -108,34 +121,44 @@ class ConfigReader:
 
     async def head(self, namespace: str, name: str) -> Head | None:
         """The head pointer (linearizable read), or None if the store never saw the Config."""
-        kv, _ = await self.client.get(self.keys.head(namespace, name))
-        if kv is None:
-            return None
-        head = Head.parse(
-            kv.value, mod_revision=kv.mod_revision, what=f"head of {namespace}/{name}"
-        )
-        self._check_incarnation(namespace, name, head)
+        head, _ = await self._read_head(namespace, name)
         return head
 
     async def current(self, namespace: str, name: str) -> VersionRecord:
         """The head version: the Config's current data. ``NotFound`` if there is none
         (never recorded, or deleted: a tombstone is not a version to serve)."""
-        head = await self.head(namespace, name)
-        if head is None or head.version == 0:
-            raise NotFound(f"{namespace}/{name} has no recorded version")
-        if head.deleted:
-            raise NotFound(f"{namespace}/{name} was deleted (its history is kept in the store)")
-        return await self._load(namespace, name, head.version, head.record_checksum)
+        for attempt in range(1, _PINNED_READ_ATTEMPTS + 1):
+            head, revision = await self._read_head(namespace, name)
+            if head is None or head.version == 0:
+                raise NotFound(f"{namespace}/{name} has no recorded version")
+            if head.deleted:
+                kept = "its versions were purged" if head.purged else "its history is kept"
+                raise NotFound(f"{namespace}/{name} was deleted ({kept})")
+            try:
+                # the record the head names, as of the head's revision: a Purge and
+                # re-create in between must not swap another record in
+                return await self._load(
+                    namespace, name, head.version, head.record_checksum, revision=revision
+                )
+            except Compacted:
+                if attempt == _PINNED_READ_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
 
     async def version(self, namespace: str, name: str, version: int) -> VersionRecord:
-        """Version ``version`` of the Config; ``NotFound`` if it was never written or
-        retention pruned it."""
+        """Version ``version`` of the Config as stored now; ``NotFound`` if it was never
+        written, retention pruned it, or a Purge removed it.
+
+        The key is always read: a version number names a record only within one
+        incarnation (a later one may reuse the numbers a purged one had). The cached
+        record is served when the stored bytes are the same.
+        """
         if version < 1:
             raise NotFound(f"{namespace}/{name} has no version {version}: versions start at 1")
         return await self._load(namespace, name, version, None)
 
     def cached(self) -> int:
-        """Number of versions in the cache."""
+        """Number of records in the cache."""
         return len(self._cache)
 
     def clear_cache(self) -> None:
@@ -154,55 +177,89 @@ class ConfigReader:
         """Yield versions of the Config as they become its head, each once and in order.
 
         By default the current version (if any) comes first, then every new one.
-        ``after_version=N`` yields only versions above N (what a consumer that already
-        holds N wants). ``start_revision`` resumes from an etcd revision the consumer
-        kept; if etcd compacted it, the reader re-reads the head and resumes from now,
-        filling in the versions it missed from the history.
+        ``after_version=N`` yields first the versions after N of the current history
+        (what a consumer that already holds N wants). ``start_revision=R`` resumes from
+        an etcd revision the consumer kept (e.g. the ``mod_revision`` of the last
+        record it applied, plus one): every version recorded at revision R or later
+        is yielded, and ``after_version`` is not needed. If etcd compacted it, the
+        reader re-reads the head and yields, in order, the retained versions of the
+        head's history recorded since — so a Config purged and re-created while the
+        consumer was away is followed even though the new incarnation reuses version
+        numbers the consumer has seen.
 
-        Versions recorded while the watch was away are yielded in order if still
-        retained; pruned ones are skipped. Tombstones (deletions) are not versions and
-        are skipped; a Config re-created after ``deletionPolicy: Purge`` starts again at
-        version 1, and so does the watch. The iterator never ends by itself: break out
-        of the loop (or cancel the task) to stop it; a broken connection to etcd is
-        retried with backoff.
+        What the watch tracks is the head's record (its ``recordChecksum``) and the
+        etcd revision, never the version number alone: after ``deletionPolicy:
+        Purge`` the next incarnation continues from the newest version that remains,
+        so its numbers may be ones the purged incarnation used. Tombstones
+        (deletions) are not versions and are skipped; versions pruned by retention
+        before the watch saw them are skipped. The iterator never ends by itself:
+        break out of the loop (or cancel the task) to stop it; a broken connection
+        to etcd is retried with backoff.
         """
         head_key = self.keys.head(namespace, name)
-        last = after_version
-        revision = start_revision
+        # the etcd revision up to which the head's changes have been handled: a version
+        # recorded at or before it is never yielded (again); None until the head is first
+        # read, unless the consumer resumes from a revision it kept
+        seen: int | None = start_revision - 1 if start_revision > 0 else None
+        # the record checksum of the version the head pointed at when last handled (a
+        # tombstone's too): a new version whose parentChecksum names it follows directly
+        standing: str | None = None
+        read_head = start_revision <= 0
         delay = 0.2
         while True:
             try:
-                if revision == 0:
-                    # (re)start: read the head, yield what is new, watch from just after it
-                    kv, rev = await self.client.get(head_key)
+                if read_head:
+                    kv, revision = await self.client.get(head_key)
                     if kv is not None:
-                        head = Head.parse(kv.value, mod_revision=kv.mod_revision)
-                        self._check_incarnation(namespace, name, head)
-                        async for record in self._advance(namespace, name, head, last):
-                            last = record.version
+                        head = Head.parse(
+                            kv.value,
+                            mod_revision=kv.mod_revision,
+                            what=f"head of {namespace}/{name}",
+                        )
+                        unseen = await self._unseen(
+                            namespace,
+                            name,
+                            head,
+                            revision=revision,
+                            seen=seen,
+                            standing=standing,
+                            after_version=after_version,
+                        )
+                        for record in unseen:
                             yield record
-                        last = self._position(head, last)
-                    elif last is None:
-                        last = 0
-                    revision = rev + 1
-                async for rev, events in self.client.watch(head_key, start_revision=revision):
+                        standing = head.record_checksum
+                    seen = revision
+                read_head = True  # from now on, every (re)start reads the head first
+                assert seen is not None
+                async for revision, events in self.client.watch(head_key, start_revision=seen + 1):
                     for ev in events:
                         if ev.type != "PUT":
                             continue  # the head is never deleted by etcdconfig; ignore
-                        head = Head.parse(ev.kv.value, mod_revision=ev.kv.mod_revision)
-                        self._check_incarnation(namespace, name, head)
-                        async for record in self._advance(namespace, name, head, last):
-                            last = record.version
+                        head = Head.parse(
+                            ev.kv.value,
+                            mod_revision=ev.kv.mod_revision,
+                            what=f"head of {namespace}/{name}",
+                        )
+                        unseen = await self._unseen(
+                            namespace,
+                            name,
+                            head,
+                            revision=ev.kv.mod_revision,
+                            seen=seen,
+                            standing=standing,
+                            after_version=None,
+                        )
+                        for record in unseen:
                             yield record
-                        last = self._position(head, last)
-                    revision = rev + 1
+                        standing = head.record_checksum
+                        seen = ev.kv.mod_revision
+                    seen = max(seen, revision)
                     delay = 0.2
             except Compacted as exc:
                 log.info(
                     "watch revision was compacted; re-reading the head",
                     extra={"config": f"{namespace}/{name}", "compacted": exc.compact_revision},
                 )
-                revision = 0
             except EtcdUnavailable as exc:
                 log.warning(
                     "watch broke; retrying",
@@ -210,102 +267,114 @@ class ConfigReader:
                 )
                 await asyncio.sleep(delay)  # backoff while etcd is away
                 delay = min(delay * 2, _RETRY_MAX)
-                revision = 0
 
-    @staticmethod
-    def _position(head: Head, last: int | None) -> int:
-        """Where the watch stands after seeing ``head``."""
-        if last is None:
-            return head.version
-        if head.deleted and head.purged:
-            return 0  # history removed: a re-created Config starts again at 1
-        return max(last, head.version) if not head.deleted else last
+    async def _unseen(
+        self,
+        namespace: str,
+        name: str,
+        head: Head,
+        *,
+        revision: int,
+        seen: int | None,
+        standing: str | None,
+        after_version: int | None,
+    ) -> list[VersionRecord]:
+        """The versions of ``head``'s history the watch has not yielded, oldest first.
 
-    async def _advance(
-        self, namespace: str, name: str, head: Head, last: int | None
-    ) -> AsyncIterator[VersionRecord]:
-        """The versions between what the consumer has (``last``) and ``head``."""
+        Walks back from the head's record through ``parentChecksum`` (each record is
+        verified against the checksum its successor names, as of ``revision``) and
+        stops at the record the watch stands on, at one recorded at or before
+        revision ``seen``, at a pruned one, or at the start of the history. Without a
+        revision yet (the first read of a watch that did not resume): only the head
+        version, or the versions after ``after_version``.
+        """
         if head.deleted or head.version == 0:
-            return
-        if last is None:
-            # a first read: just the current version
-            yield await self._load(namespace, name, head.version, head.record_checksum)
-            return
-        if head.version <= last:
-            if head.version < last and head.version == 1:
-                # re-created after a purge: numbering restarted
-                yield await self._load(namespace, name, 1, head.record_checksum)
-            return
-        for v in range(last + 1, head.version):
+            return []
+        if standing is not None and head.record_checksum == standing:
+            return []
+        if seen is None and after_version is not None and head.version <= after_version:
+            return []
+        newest = await self._load(
+            namespace, name, head.version, head.record_checksum, revision=revision
+        )
+        if seen is None and after_version is None:
+            return [newest]  # a first read: just the current version
+        if seen is not None and newest.mod_revision <= seen:
+            return []
+        out = [newest]
+        while True:
+            child = out[-1]
+            parent, number = child.parent_checksum, child.version - 1
+            if parent is None or parent == standing or number < 1:
+                break
+            if seen is None and after_version is not None and number <= after_version:
+                break
             try:
-                yield await self._load(namespace, name, v, None)
+                record = await self._load(namespace, name, number, parent, revision=revision)
             except NotFound:
-                continue  # pruned by retention before we saw it
-        yield await self._load(namespace, name, head.version, head.record_checksum)
+                break  # pruned by retention before the watch saw it (and so is all before)
+            if seen is not None and record.mod_revision <= seen:
+                break
+            out.append(record)
+        out.reverse()
+        return out
 
     # --- cache and verification -----------------------------------------------------------
 
-    def _check_incarnation(self, namespace: str, name: str, head: Head) -> None:
-        """After ``deletionPolicy: Purge`` and re-creation, version numbers restart, so a
-        cached "version 1" may belong to the purged history: drop that Config's entries
-        when the head says so (purged, or a cached head record that no longer matches)."""
-        cached = self._cache.get((namespace, name, head.version))
-        stale = head.purged or (
-            cached is not None
-            and head.record_checksum is not None
-            and not head.deleted
-            and _record_checksum(cached) != head.record_checksum
+    async def _read_head(self, namespace: str, name: str) -> tuple[Head | None, int]:
+        kv, revision = await self.client.get(self.keys.head(namespace, name))
+        if kv is None:
+            return None, revision
+        head = Head.parse(
+            kv.value, mod_revision=kv.mod_revision, what=f"head of {namespace}/{name}"
         )
-        if stale:
-            for key in [k for k in self._cache if k[0] == namespace and k[1] == name]:
-                del self._cache[key]
+        return head, revision
 
-    async def _load(
-        self, namespace: str, name: str, version: int, expected_record_checksum: str | None
-    ) -> VersionRecord:
-        key = (namespace, name, version)
+    def _lookup(self, key: _Key) -> VersionRecord | None:
         record = self._cache.get(key)
         if record is not None:
             self._cache.move_to_end(key)
             self.hits += 1
             metrics.CACHE_HITS.labels("reader").inc()
-            return record
+        return record
+
+    async def _load(
+        self,
+        namespace: str,
+        name: str,
+        version: int,
+        expected_record_checksum: str | None,
+        *,
+        revision: int = 0,
+    ) -> VersionRecord:
+        """Version ``version``, verified: the exact record ``expected_record_checksum``
+        names (from the cache if it holds it), or, when None, whatever the key holds
+        (as of ``revision``, 0 = now)."""
+        if expected_record_checksum is not None:
+            hit = self._lookup((namespace, name, version, expected_record_checksum))
+            if hit is not None:
+                return hit
+        kv, _ = await self.client.get(
+            self.keys.version(namespace, name, version), revision=revision
+        )
+        found = sha256_of(kv.value) if kv is not None else ""
+        if kv is not None and expected_record_checksum is None:
+            hit = self._lookup((namespace, name, version, found))
+            if hit is not None:
+                return hit
         self.misses += 1
         metrics.CACHE_MISSES.labels("reader").inc()
-        what = f"{namespace}/{name} version {version}"
-        kv, _ = await self.client.get(self.keys.version(namespace, name, version))
         if kv is None:
             raise NotFound(f"{namespace}/{name} has no version {version} in the store")
-        record = VersionRecord.parse(kv.value, mod_revision=kv.mod_revision, what=what)
-        _verify(record, what, version, sha256_of(kv.value), expected_record_checksum)
+        record = load_record(
+            kv.value,
+            what=describe(namespace, name, version),
+            version=version,
+            expected_record_checksum=expected_record_checksum,
+            mod_revision=kv.mod_revision,
+        )
         if self.cache_size:
-            self._cache[key] = record
+            self._cache[(namespace, name, version, found)] = record
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
         return record
-
-
-def _record_checksum(record: VersionRecord) -> str:
-    return record.record_checksum()
-
-
-def _verify(
-    record: VersionRecord, what: str, version: int, stored_hash: str, expected: str | None
-) -> None:
-    """The checks that make a record safe to hand to an application."""
-    if record.version != version:
-        raise CorruptRecord(f"{what}: the record says version {record.version}")
-    try:
-        computed = checksum(record.data)
-    except EtcdConfigError as exc:
-        raise CorruptRecord(f"{what}: its data cannot be hashed: {exc}") from exc
-    if computed != record.checksum:
-        raise CorruptRecord(
-            f"{what}: data checksum mismatch (stored {record.checksum}, computed {computed}); "
-            "the record was modified after it was written — run `etcdconfig verify`"
-        )
-    if expected is not None and stored_hash != expected:
-        raise CorruptRecord(
-            f"{what}: record checksum {stored_hash} does not match the head's {expected}; "
-            "run `etcdconfig verify`"
-        )

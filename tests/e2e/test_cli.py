@@ -1,7 +1,8 @@
 """The installed console scripts (``etcdconfig`` and the kubectl plugin
 ``kubectl-etcdconfig``) against a running operator's store: every read command in
-every output format, exit codes (3 integrity, 4 not found, 2 usage, 1 error), and
-errors as one line without a traceback."""
+every output format, exit codes (3 integrity, 4 not found, 2 usage, 1 error),
+errors as one line without a traceback, and no command serving or rolling back to
+a record that does not match its checksums."""
 
 from __future__ import annotations
 
@@ -19,12 +20,13 @@ from tests.e2e.operator_env import (
     apply,
     config_manifest,
     crd,
+    get,
     operator,
     wait_observed,
 )
 
 from etcdconfig import __version__
-from etcdconfig.canonical import checksum
+from etcdconfig.canonical import checksum, sha256_of
 from etcdconfig.devenv import build
 from etcdconfig.devenv.controlplane import ControlPlane
 from etcdconfig.etcd import EtcdClient, EtcdSettings
@@ -267,3 +269,116 @@ async def test_verify_finds_a_tampered_record_and_exits_3(
     every = run(operator, "verify", "--all", "-o", "yaml")
     assert every.returncode == 3
     assert yaml.safe_load(every.stdout)["checked"] >= 2
+
+
+# --- tampered records: every read that serves or reuses a record verifies it ------------------
+
+VERIFY_HINT = "the record was modified after it was written — run `etcdconfig verify`"
+
+
+@pytest.fixture(scope="module")
+def forged_config(control_plane: ControlPlane, operator: OperatorProcess, recorded: str) -> str:
+    """``forged`` with versions 1 (limit 10) and 2 (limit 20), and ``relabelled`` with
+    version 1; both recorded by the operator. Returns their namespace."""
+    ns = recorded
+    m = config_manifest("forged", ns, {"limit": 10})
+    apply(control_plane, m)
+    wait_observed(control_plane, ns, "forged")
+    m["spec"]["data"] = {"limit": 20}
+    apply(control_plane, m)
+    assert wait_observed(control_plane, ns, "forged")["status"]["version"] == 2
+    apply(control_plane, config_manifest("relabelled", ns, {"limit": 5}))
+    wait_observed(control_plane, ns, "relabelled")
+    return ns
+
+
+async def _edit_record(
+    etcd: EtcdClient, op: OperatorProcess, ns: str, name: str, version: int, **fields: Any
+) -> bytes:
+    """Overwrite fields of a stored record by hand (idempotent); returns the stored bytes."""
+    key = f"{op.prefix}/configs/{ns}/{name}/versions/{version:020d}".encode()
+    kv, _ = await etcd.get(key)
+    assert kv is not None
+    record: dict[str, Any] = json.loads(kv.value)
+    record.update(fields)
+    raw = json.dumps(record).encode()
+    await etcd.put(key, raw)
+    return raw
+
+
+@pytest.fixture
+async def forged(operator: OperatorProcess, forged_config: str, etcd: EtcdClient) -> str:
+    """``NS/forged`` with version 1's data changed in etcd and its checksum left alone."""
+    await _edit_record(etcd, operator, forged_config, "forged", 1, data={"limit": 1000})
+    return f"{forged_config}/forged"
+
+
+def forged_v1_error(ref: str) -> str:
+    return (
+        f"error: {ref} version 1: data checksum mismatch (stored {checksum({'limit': 10})}, "
+        f"computed {checksum({'limit': 1000})}); {VERIFY_HINT}"
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--version", "1"),
+        ("--version", "1", "-o", "json"),
+        ("--version", "1", "--full", "-o", "yaml"),
+    ],
+)
+def test_show_refuses_a_tampered_version_and_exits_3(
+    operator: OperatorProcess, forged: str, args: tuple[str, ...]
+) -> None:
+    assert one_line_error(run(operator, "show", forged, *args), 3) == forged_v1_error(forged)
+    # the intact head is still shown
+    assert yaml.safe_load(ok(run(operator, "show", forged))) == {"limit": 20}
+
+
+async def test_show_refuses_a_head_record_that_does_not_match_the_heads_checksum(
+    operator: OperatorProcess, forged_config: str, etcd: EtcdClient
+) -> None:
+    ref = f"{forged_config}/relabelled"
+    head_kv, _ = await etcd.get(f"{operator.prefix}/configs/{ref}/head".encode())
+    assert head_kv is not None
+    expected = json.loads(head_kv.value)["recordChecksum"]
+    # the data still matches its checksum; only the whole record's checksum shows the edit
+    raw = await _edit_record(
+        etcd, operator, forged_config, "relabelled", 1, author={"manager": "mallory"}
+    )
+    assert one_line_error(run(operator, "show", ref, "--full", "-o", "json"), 3) == (
+        f"error: {ref} version 1: record checksum mismatch (expected {expected}, the stored "
+        f"record hashes to {sha256_of(raw)}); {VERIFY_HINT}"
+    )
+    assert one_line_error(run(operator, "show", ref, "--version", "1"), 3).startswith(
+        f"error: {ref} version 1: record checksum mismatch"
+    )
+
+
+@pytest.mark.parametrize("versions", [("1", "2"), ("2", "1")])
+@pytest.mark.parametrize("output", ["table", "json"])
+def test_diff_refuses_a_tampered_version_and_exits_3(
+    operator: OperatorProcess, forged: str, versions: tuple[str, str], output: str
+) -> None:
+    proc = run(operator, "diff", forged, *versions, "-o", output)
+    assert one_line_error(proc, 3) == forged_v1_error(forged)
+
+
+@pytest.mark.parametrize("mode", [(), ("--dry-run",), ("--print",)])
+def test_rollback_to_a_tampered_version_is_refused_and_changes_nothing(
+    control_plane: ControlPlane, operator: OperatorProcess, forged: str, mode: tuple[str, ...]
+) -> None:
+    ns, name = forged.split("/")
+    before = get(control_plane, ns, name)
+    history = json.loads(ok(run(operator, "history", forged, "-o", "json")))
+
+    proc = run(operator, "rollback", forged, "--to", "1", *mode)
+
+    assert one_line_error(proc, 3) == forged_v1_error(forged)
+    after = get(control_plane, ns, name)
+    assert after["metadata"]["generation"] == before["metadata"]["generation"]
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    assert after["spec"]["data"] == {"limit": 20}
+    assert json.loads(ok(run(operator, "history", forged, "-o", "json"))) == history
+    assert [v["version"] for v in history["versions"]] == [2, 1]

@@ -38,7 +38,16 @@ class Writer:
     async def record(self, data: dict[str, Any], uid: str = "uid-1") -> int:
         self.generation += 1
         result = await self.store.record(
-            ChangeRequest(NS, NAME, uid=uid, generation=self.generation, data=data), self.locks
+            ChangeRequest(
+                NS,
+                NAME,
+                uid=uid,
+                generation=self.generation,
+                data=data,
+                # the test is the API server here: the uid it names owns the Config
+                owner_confirmed=True,
+            ),
+            self.locks,
         )
         assert result.recorded
         return result.version
@@ -149,8 +158,37 @@ async def test_a_tampered_record_is_refused_and_never_cached(
     await _tamper(client, prefix, 2, author={"manager": "mallory"})
     assert (await reader.version(NS, NAME, 2)).data == {"limit": 20}
     reader.clear_cache()
-    with pytest.raises(CorruptRecord, match="does not match the head's"):
+    with pytest.raises(CorruptRecord, match="version 2: record checksum mismatch"):
         await reader.current(NS, NAME)
+
+
+async def test_a_version_changed_in_etcd_after_it_was_cached_is_not_served_from_the_cache(
+    writer: Writer, reader: ConfigReader, client: EtcdClient, prefix: str
+) -> None:
+    await writer.record({"limit": 10})
+    await writer.record({"limit": 20})
+    assert (await reader.version(NS, NAME, 1)).data == {"limit": 10}
+    assert reader.cached() == 1
+    await _tamper(client, prefix, 1, data={"limit": 1000})
+    with pytest.raises(
+        CorruptRecord, match=r"version 1: data checksum mismatch .* `etcdconfig verify`"
+    ):
+        await reader.version(NS, NAME, 1)
+
+
+async def test_watch_refuses_a_missed_version_its_successor_does_not_name_as_parent(
+    writer: Writer, reader: ConfigReader, client: EtcdClient, prefix: str
+) -> None:
+    for n in (1, 2, 3):
+        await writer.record({"v": n})
+    # the data of version 2 still matches its checksum; version 3's parentChecksum does not
+    await _tamper(client, prefix, 2, origin={"kind": "rollback", "fromVersion": 1})
+    versions = reader.watch(NS, NAME, after_version=1)
+    try:
+        with pytest.raises(CorruptRecord, match="version 2: record checksum mismatch"):
+            await anext(versions)
+    finally:
+        await versions.aclose()
 
 
 class Watcher:
@@ -252,11 +290,96 @@ async def test_watch_and_cache_follow_a_purge_and_recreate(
         assert await w.versions(1) == [(1, {"old": 1})]
         assert (await reader.version(NS, NAME, 1)).uid == "uid-1"  # cached
         await writer.delete(purge=True)
-        await writer.record({"new": 1}, uid="uid-2")  # numbering restarts at 1
+        await writer.record({"new": 1}, uid="uid-2")  # nothing remained: a new version 1
         record = await w.next()
         assert (record.version, record.uid, record.data) == (1, "uid-2", {"new": 1})
         assert (await reader.current(NS, NAME)).uid == "uid-2"
         assert (await reader.version(NS, NAME, 1)).data == {"new": 1}
+    finally:
+        await w.close()
+
+
+async def _purged_incarnation_between_two_others(writer: Writer) -> None:
+    """uid-a records 1, 2 and is deleted under Retain (its history stays); uid-b records
+    3, 4 (continuing the numbering) and the test then purges it."""
+    await writer.record({"a": 1}, uid="uid-a")
+    await writer.record({"a": 2}, uid="uid-a")
+    await writer.delete("uid-a", purge=False)
+    await writer.record({"b": 3}, uid="uid-b")
+    await writer.record({"b": 4}, uid="uid-b")
+
+
+def seen(records: list[VersionRecord]) -> list[tuple[int, str, Any]]:
+    return [(r.version, r.uid, r.data) for r in records]
+
+
+async def test_the_cache_never_serves_a_purged_incarnations_version_under_a_reused_number(
+    writer: Writer, reader: ConfigReader
+) -> None:
+    await _purged_incarnation_between_two_others(writer)
+    cached = [await reader.version(NS, NAME, v) for v in (1, 2, 3, 4)]
+    assert seen(cached)[2:] == [(3, "uid-b", {"b": 3}), (4, "uid-b", {"b": 4})]
+    assert (await reader.current(NS, NAME)).uid == "uid-b"
+    await writer.delete("uid-b", purge=True)  # 3 and 4 go; the tombstone points at 2
+    with pytest.raises(NotFound, match="has no version 4"):
+        await reader.version(NS, NAME, 4)
+    await writer.record({"c": 3}, uid="uid-c")  # continues from 2: a new version 3
+    await writer.record({"c": 4}, uid="uid-c")
+    now = [await reader.version(NS, NAME, v) for v in (1, 2, 3, 4)]
+    assert seen(now) == [
+        (1, "uid-a", {"a": 1}),
+        (2, "uid-a", {"a": 2}),
+        (3, "uid-c", {"c": 3}),
+        (4, "uid-c", {"c": 4}),
+    ]
+    assert now[:2] == cached[:2]  # uid-a's kept versions are still the cached ones
+    current = await reader.current(NS, NAME)
+    assert (current.version, current.uid, current.data) == (4, "uid-c", {"c": 4})
+
+
+async def test_watch_yields_a_new_incarnation_that_reuses_purged_version_numbers(
+    writer: Writer, reader: ConfigReader
+) -> None:
+    await writer.record({"a": 1}, uid="uid-a")
+    await writer.record({"a": 2}, uid="uid-a")
+    w = Watcher(reader)
+    try:
+        assert await w.versions(1) == [(2, {"a": 2})]
+        await writer.delete("uid-a", purge=False)
+        await writer.record({"b": 3}, uid="uid-b")
+        await writer.record({"b": 4}, uid="uid-b")
+        assert await w.versions(2) == [(3, {"b": 3}), (4, {"b": 4})]
+        await writer.delete("uid-b", purge=True)
+        await writer.record({"c": 3}, uid="uid-c")
+        await writer.record({"c": 4}, uid="uid-c")
+        # in order, so anything else (uid-a's versions again) would come first
+        assert seen([await w.next(), await w.next()]) == [
+            (3, "uid-c", {"c": 3}),
+            (4, "uid-c", {"c": 4}),
+        ]
+    finally:
+        await w.close()
+
+
+async def test_watch_resumed_across_a_compaction_yields_the_incarnation_after_a_purge(
+    writer: Writer, reader: ConfigReader, client: EtcdClient, prefix: str
+) -> None:
+    await _purged_incarnation_between_two_others(writer)
+    head_key = f"{prefix}/configs/{NS}/{NAME}/head".encode()
+    _, kept_revision = await client.get(head_key)  # the consumer holds uid-b's version 4
+    await writer.delete("uid-b", purge=True)
+    await writer.record({"c": 3}, uid="uid-c")
+    await writer.record({"c": 4}, uid="uid-c")
+    _, now = await client.get(head_key)
+    await client.compact(now)  # the tombstone's revision is gone: only the new head is left
+    w = Watcher(reader, after_version=4, start_revision=kept_revision + 1)
+    try:
+        assert seen([await w.next(), await w.next()]) == [
+            (3, "uid-c", {"c": 3}),
+            (4, "uid-c", {"c": 4}),
+        ]
+        await writer.record({"c": 5}, uid="uid-c")
+        assert seen([await w.next()]) == [(5, "uid-c", {"c": 5})]
     finally:
         await w.close()
 

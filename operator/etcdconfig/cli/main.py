@@ -1,8 +1,9 @@
 """``etcdconfig``: run the operator; read, compare, roll back and verify history.
 
 Exit codes: 0 success; 1 error (one line on stderr, ``--debug`` for a traceback);
-2 usage error or the operator could not start; 3 ``verify`` found integrity
-problems; 4 the Config or version does not exist.
+2 usage error or the operator could not start; 3 an integrity problem: ``verify``
+found some, or a stored record does not match its checksum and ``show``, ``diff``
+or ``rollback`` refused to use it; 4 the Config or version does not exist.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from pydantic import ValidationError
 from etcdconfig import __version__
 from etcdconfig.canonical import checksum
 from etcdconfig.cli.output import console, emit, err_console, table
-from etcdconfig.errors import EtcdConfigError, NotFound
+from etcdconfig.errors import CorruptRecord, EtcdConfigError, NotFound
 from etcdconfig.etcd import EtcdClient, prefix_end
 from etcdconfig.models import CHANGE_CAUSE_ANNOTATION, GROUP, KIND, ROLLBACK_ANNOTATION, VERSION
 from etcdconfig.settings import Settings
-from etcdconfig.store import VersionedStore
+from etcdconfig.store import Head, VersionedStore, VersionRecord
+from etcdconfig.store.integrity import describe, load_record
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -103,6 +105,34 @@ async def _with_store(
         await client.close()
 
 
+async def _verified(
+    store: VersionedStore, ns: str, name: str, version: int | None
+) -> VersionRecord:
+    """Version ``version`` of the Config (None: the head's), refused with
+    ``CorruptRecord`` unless it matches its checksum — and the head's
+    ``recordChecksum`` when it is the version the head points at. Every command that
+    shows a record's data or reuses it reads through here."""
+    head_kv, revision = await store.client.get(store.keys.head(ns, name))
+    head = Head.parse(head_kv.value, what=f"head of {ns}/{name}") if head_kv else None
+    if version is None:
+        if head is None or head.version == 0:
+            raise NotFound(f"{ns}/{name} has no recorded version")
+        version = head.version
+    # as of the head's revision, so the record is the one the head pointed at then
+    kv, _ = await store.client.get(store.keys.version(ns, name, version), revision=revision)
+    if kv is None:
+        raise NotFound(f"{ns}/{name} has no version {version} in the store")
+    return load_record(
+        kv.value,
+        what=describe(ns, name, version),
+        version=version,
+        expected_record_checksum=(
+            head.record_checksum if head is not None and head.version == version else None
+        ),
+        mod_revision=kv.mod_revision,
+    )
+
+
 # --- commands ------------------------------------------------------------------------------
 
 
@@ -148,9 +178,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     ns, name = _ref(args.config, args.namespace)
 
     async def go(store: VersionedStore) -> int:
-        rec = await (
-            store.get_version(ns, name, args.version) if args.version else store.current(ns, name)
-        )
+        rec = await _verified(store, ns, name, args.version or None)
         if args.output == "table":
             out = rec.raw if args.full else rec.data
             sys.stdout.write(yaml.safe_dump(out, sort_keys=False, allow_unicode=True))
@@ -170,8 +198,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
     ns, name = _ref(args.config, args.namespace)
 
     async def go(store: VersionedStore) -> int:
-        a = await store.get_version(ns, name, args.a)
-        b = await store.get_version(ns, name, args.b)
+        a = await _verified(store, ns, name, args.a)
+        b = await _verified(store, ns, name, args.b)
         left = yaml.safe_dump(a.data, sort_keys=True, allow_unicode=True).splitlines(keepends=True)
         right = yaml.safe_dump(b.data, sort_keys=True, allow_unicode=True).splitlines(keepends=True)
         lines = list(
@@ -308,7 +336,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         from etcdconfig.kube import JSON_PATCH, Kube, load_api_client
         from etcdconfig.validation import Validator
 
-        target = await store.get_version(ns, name, args.to)
+        # verified before anything else: a tampered record must never become a new version
+        target = await _verified(store, ns, name, args.to)
         kube = Kube(await load_api_client(settings.kubeconfig, settings.context))
         try:
             obj = await kube.get_config(ns, name)
@@ -524,6 +553,11 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         _error(exc)
         return EXIT_NOT_FOUND
+    except CorruptRecord as exc:
+        if args.debug:
+            traceback.print_exc()
+        _error(exc)
+        return EXIT_INTEGRITY
     except EtcdConfigError as exc:
         if args.debug:
             traceback.print_exc()
