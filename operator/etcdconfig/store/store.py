@@ -37,6 +37,7 @@ from etcdconfig.errors import (
     ValidationIssue,
 )
 from etcdconfig.etcd import Compare, DeleteRange, EtcdClient, KeyValue, Put, Range
+from etcdconfig.store.integrity import describe, load_record
 from etcdconfig.store.keys import Keys
 from etcdconfig.store.records import (
     FORMAT,
@@ -148,19 +149,45 @@ class VersionedStore:
             kv.value, mod_revision=kv.mod_revision, what=f"head of {namespace}/{name}"
         )
 
-    async def get_version(self, namespace: str, name: str, version: int) -> VersionRecord:
-        kv, _ = await self.client.get(self.keys.version(namespace, name, version))
+    async def get_version(
+        self,
+        namespace: str,
+        name: str,
+        version: int,
+        *,
+        expected_record_checksum: str | None = None,
+        revision: int = 0,
+    ) -> VersionRecord:
+        """Version ``version``, verified: its data must hash to its checksum (and the
+        stored record to ``expected_record_checksum`` when given); a tampered record
+        raises ``CorruptRecord`` instead of being served or reused."""
+        kv, _ = await self.client.get(
+            self.keys.version(namespace, name, version), revision=revision
+        )
         if kv is None:
             raise NotFound(f"{namespace}/{name} has no version {version} in the store")
-        return VersionRecord.parse(
-            kv.value, mod_revision=kv.mod_revision, what=f"{namespace}/{name} version {version}"
+        return load_record(
+            kv.value,
+            what=describe(namespace, name, version),
+            version=version,
+            expected_record_checksum=expected_record_checksum,
+            mod_revision=kv.mod_revision,
         )
 
     async def current(self, namespace: str, name: str) -> VersionRecord:
-        head = await self.head(namespace, name)
+        """The head's version, as of the head's own revision and matching its record
+        checksum (a Purge and re-create in between cannot swap another record in)."""
+        head_kv, revision = await self.client.get(self.keys.head(namespace, name))
+        head = Head.parse(head_kv.value, mod_revision=head_kv.mod_revision) if head_kv else None
         if head is None or head.version == 0:
             raise NotFound(f"{namespace}/{name} has no recorded version")
-        return await self.get_version(namespace, name, head.version)
+        return await self.get_version(
+            namespace,
+            name,
+            head.version,
+            expected_record_checksum=head.record_checksum,
+            revision=revision,
+        )
 
     async def history(
         self, namespace: str, name: str, *, limit: int = 50, before: int | None = None
