@@ -1,8 +1,8 @@
 """The Kubernetes API, as the operator and the CLI use it (kubernetes_asyncio).
 
 kopf drives events with its own client; this module does the few direct calls
-the rest needs: status patches outside handlers (resync), ConfigMap publishing,
-Events, reading the current object, and the CLI's rollback patch.
+the rest needs: status patches outside handlers (resync), reading and writing the
+published ConfigMap, Events, reading the current object, and the CLI's rollback patch.
 """
 
 from __future__ import annotations
@@ -174,60 +174,38 @@ class Kube:
             raise _explain(exc, f"patch Config {namespace}/{name}") from exc
         return dict(obj)
 
-    async def config_map_annotations(self, namespace: str, name: str) -> dict[str, str] | None:
+    async def read_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The ConfigMap as its JSON form (``metadata.ownerReferences``, ``data``, …),
+        or None when there is none."""
         try:
             cm = await self.core.read_namespaced_config_map(name, namespace)
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise _explain(exc, f"read ConfigMap {namespace}/{name}") from exc
-        return dict(cm.metadata.annotations or {})
+        return dict(self.api.sanitize_for_serialization(cm))
 
-    async def publish_config_map(
-        self,
-        owner: dict[str, Any],
-        name: str,
-        key: str,
-        content: str,
-        annotations: dict[str, str],
-        *,
-        exists: bool,
-    ) -> None:
-        """Create (``exists=False``) or update the ConfigMap. The caller has just read
-        it (``config_map_annotations``) and knows it is out of date."""
-        meta = owner["metadata"]
-        namespace = meta["namespace"]
+    async def create_config_map(self, namespace: str, body: dict[str, Any]) -> bool:
+        """Create the ConfigMap; False (nothing written) if one of that name exists."""
+        name = body["metadata"]["name"]
+        try:
+            await self.core.create_namespaced_config_map(namespace, body)  # type: ignore[arg-type]
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise _explain(exc, f"create ConfigMap {namespace}/{name}") from exc
+        return True
+
+    async def patch_config_map(
+        self, namespace: str, name: str, patch: dict[str, Any], *, resource_version: str
+    ) -> bool:
+        """Merge-patch the ConfigMap only as it was at ``resource_version``: False (nothing
+        written) if it changed or went away since it was read, so a decision taken on
+        what was read (whose ConfigMap it is, what it holds) never lands on anything else."""
         body = {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {
-                "name": name,
-                "namespace": namespace,
-                "labels": {
-                    "app.kubernetes.io/managed-by": "etcdconfig",
-                    "etcdconfig.io/config": meta["name"],
-                },
-                "annotations": annotations,
-                "ownerReferences": [
-                    {
-                        "apiVersion": f"{GROUP}/{VERSION}",
-                        "kind": KIND,
-                        "name": meta["name"],
-                        "uid": meta["uid"],
-                        "controller": True,
-                        "blockOwnerDeletion": False,
-                    }
-                ],
-            },
-            "data": {key: content},
+            **patch,
+            "metadata": {**(patch.get("metadata") or {}), "resourceVersion": resource_version},
         }
-        if not exists:
-            try:
-                await self.core.create_namespaced_config_map(namespace, body)  # type: ignore[arg-type]
-                return
-            except ApiException as exc:
-                if exc.status != 409:  # created meanwhile: update it below
-                    raise _explain(exc, f"create ConfigMap {namespace}/{name}") from exc
         try:
             await self.core.patch_namespaced_config_map(
                 name,
@@ -236,7 +214,10 @@ class Kube:
                 _content_type=MERGE_PATCH,  # type: ignore[call-arg]
             )
         except ApiException as exc:
+            if exc.status in (404, 409):
+                return False
             raise _explain(exc, f"patch ConfigMap {namespace}/{name}") from exc
+        return True
 
     def event_soon(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
         """Post an Event in the background: a reconcile never waits on it."""

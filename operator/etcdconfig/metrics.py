@@ -60,3 +60,40 @@ SESSION_LOST = Counter(
     "Times this replica's etcd session lease was lost.",
     registry=REGISTRY,
 )
+BACKGROUND_TASK_UP = Gauge(
+    "etcdconfig_background_task_up",
+    "1 while a supervised background task runs; 0 while it waits to restart, is dead or stopped.",
+    ["task"],
+    registry=REGISTRY,
+)
+BACKGROUND_TASK_RESTARTS = Counter(
+    "etcdconfig_background_task_restarts_total",
+    "Times a supervised background task was started again after it failed.",
+    ["task"],
+    registry=REGISTRY,
+)
+RESYNC_ROUNDS = Counter(
+    "etcdconfig_resync_rounds_total",
+    "Resync rounds completed (each goes over every Config this replica owns).",
+    registry=REGISTRY,
+)
+RESYNC_ERRORS = Counter(
+    "etcdconfig_resync_errors_total",
+    "Failures in resync rounds, by stage (round: listing the Configs; reconcile; integrity) "
+    "and error type; a failed Config does not stop the round, a failed round not the loop.",
+    ["stage", "error"],
+    registry=REGISTRY,
+)
+PUBLISH_REPAIRS = Counter(
+    "etcdconfig_publish_repairs_total",
+    "Published ConfigMaps found changed under the operator (the key no longer holds the "
+    "head it is annotated with) and rewritten from the verified head.",
+    registry=REGISTRY,
+)
+PUBLISH_REFUSALS = Counter(
+    "etcdconfig_publish_refusals_total",
+    "Config generations whose head was not published, by reason (ConfigMapNotOwned, "
+    "ConfigMapOwnedByAnotherConfig, IntegrityViolation); counted once per generation.",
+    ["reason"],
+    registry=REGISTRY,
+)

@@ -27,7 +27,7 @@ from etcdconfig.models import (
 if TYPE_CHECKING:
     from etcdconfig.validation import Validator
 
-CONDITION_TYPES = ("Ready", "Valid", "Recorded", "Intact", "Reconciling", "Stalled")
+CONDITION_TYPES = ("Ready", "Valid", "Recorded", "Published", "Intact", "Reconciling", "Stalled")
 MAX_MESSAGE = 4000  # keep conditions and events readable and well under API limits
 
 
@@ -175,6 +175,18 @@ def head_fields(
     }
 
 
+def _recorded(b: StatusBuilder, generation: int, version: int, recorded_now: bool) -> None:
+    b.set("Valid", True, "Valid", "data satisfies the schema")
+    b.set(
+        "Recorded",
+        True,
+        "Recorded",
+        f"generation {generation} recorded as version {version}"
+        if recorded_now
+        else f"generation {generation} is recorded; head is version {version}",
+    )
+
+
 def status_recorded(
     generation: int,
     previous: list[dict[str, Any]],
@@ -186,20 +198,47 @@ def status_recorded(
 ) -> dict[str, Any]:
     b = StatusBuilder(generation, previous)
     b.set("Ready", True, "Recorded", f"version {version} is the head")
-    b.set("Valid", True, "Valid", "data satisfies the schema")
-    b.set(
-        "Recorded",
-        True,
-        "Recorded",
-        f"generation {generation} recorded as version {version}"
-        if recorded_now
-        else f"generation {generation} is recorded; head is version {version}",
-    )
+    _recorded(b, generation, version, recorded_now)
     b.keep("Intact", (True, "ReadBackVerified", "the head record was read back and verified"))
     if b.conditions["Intact"]["status"] == "False":
         b.set("Ready", False, "IntegrityViolation", b.conditions["Intact"]["message"])
     b.set("Reconciling", False, "Recorded", "")
     b.set("Stalled", False, "Recorded", "")
+    return b.build(**head_fields(version, checksum, recorded_at))
+
+
+def status_not_published(
+    generation: int,
+    previous: list[dict[str, Any]],
+    *,
+    version: int,
+    checksum: str | None,
+    recorded_at: str,
+    reason: str,
+    message: str,
+    stalled: bool,
+) -> dict[str, Any]:
+    """The generation is recorded, but ``spec.publish`` could not be carried out.
+
+    ``Recorded`` stays True (the version exists); ``Published`` is False with the
+    reason, and so is ``Ready``: the user asked for a ConfigMap that does not carry the
+    head. ``stalled``: only a user's action helps (a ConfigMap etcdconfig must not
+    touch, a record that does not verify); otherwise the operator keeps retrying
+    (``Reconciling``). Never put data values in ``message``.
+    """
+    b = StatusBuilder(generation, previous)
+    _recorded(b, generation, version, recorded_now=False)
+    b.set("Published", False, reason, message)
+    if reason == "IntegrityViolation":
+        b.set("Intact", False, reason, message)
+    else:
+        b.keep("Intact", (True, "ReadBackVerified", "the head record was read back and verified"))
+    if b.conditions["Intact"]["status"] == "False":
+        b.set("Ready", False, "IntegrityViolation", b.conditions["Intact"]["message"])
+    else:
+        b.set("Ready", False, reason, f"version {version} is recorded but not published: {message}")
+    b.set("Reconciling", not stalled, reason, "" if stalled else message)
+    b.set("Stalled", stalled, reason, message if stalled else "")
     return b.build(**head_fields(version, checksum, recorded_at))
 
 
@@ -282,8 +321,19 @@ def status_integrity(
     else:
         b.set("Intact", True, "Verified", "every stored version and the checksum chain verified")
         ready = b.conditions.get("Ready")
+        published = b.conditions.get("Published")
         if ready and ready.get("reason") == "IntegrityViolation":
-            b.set("Ready", True, "Recorded", f"version {current.get('version')} is the head")
+            if published and published.get("status") == "False":
+                # still not published (for a reason of its own): Ready says that instead
+                b.set(
+                    "Ready",
+                    False,
+                    str(published.get("reason")),
+                    f"version {current.get('version')} is recorded but not published: "
+                    f"{published.get('message')}",
+                )
+            else:
+                b.set("Ready", True, "Recorded", f"version {current.get('version')} is the head")
     fields = {
         k: v for k, v in current.items() if k not in ("conditions", "observedGeneration", "kopf")
     }

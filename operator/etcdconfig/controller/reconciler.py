@@ -4,7 +4,6 @@ missing — validate, record, publish — then say what the status must be."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -41,9 +40,6 @@ if TYPE_CHECKING:
     from etcdconfig.controller.runtime import Runtime
 
 log = logging.getLogger(__name__)
-
-VERSION_ANNOTATION = "etcdconfig.io/version"
-CHECKSUM_ANNOTATION = "etcdconfig.io/checksum"
 
 
 class RetryLater(Exception):
@@ -301,34 +297,11 @@ class Reconciler:
         return RetryLater(str(exc), status, delay)
 
     async def _publish(self, body: dict[str, Any], spec: Any, head: Head, delay: float) -> None:
-        target = spec.publish.config_map if spec.publish else None
-        if target is None or head.version == 0:
-            return
-        rt = self.rt
-        assert rt.store is not None
-        meta = body["metadata"]
-        annotations = {
-            VERSION_ANNOTATION: str(head.version),
-            CHECKSUM_ANNOTATION: str(head.checksum),
-        }
-        try:
-            current = await rt.kube.config_map_annotations(meta["namespace"], target.name)
-            if current is not None and all(current.get(k) == v for k, v in annotations.items()):
-                return
-            record = await rt.store.get_version(meta["namespace"], meta["name"], head.version)
-            content = json.dumps(record.data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-            await rt.kube.publish_config_map(
-                body, target.name, target.key, content, annotations, exists=current is not None
-            )
-            rt.kube.event_soon(
-                body,
-                "Normal",
-                "Published",
-                f"version {head.version} published to ConfigMap {target.name}",
-            )
-        except EtcdConfigError as exc:
-            log.warning(
-                "could not publish the ConfigMap; will retry",
-                extra={"config": f"{meta['namespace']}/{meta['name']}", "error": str(exc)},
-            )
-            raise RetryLater(str(exc), body.get("status") or {}, delay) from exc
+        """``spec.publish`` (see ``controller/publish.py``); when the head could not be
+        published, the status it returns (Published and Ready False) is reported through
+        ``RetryLater``, and the retries and the resync loop try again."""
+        from etcdconfig.controller import publish
+
+        failure = await publish.publish(self.rt, body, spec, head)
+        if failure is not None:
+            raise RetryLater(failure.message, failure.status, delay)

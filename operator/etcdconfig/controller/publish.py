@@ -1,0 +1,396 @@
+"""Publish a Config's head into the ConfigMap named by ``spec.publish.configMap``.
+
+The rules:
+
+- **Only ConfigMaps etcdconfig created are written.** A ConfigMap is this Config's
+  when it carries the label ``app.kubernetes.io/managed-by: etcdconfig`` *and* a
+  controller ownerReference to this very Config (its uid) — both are set when the
+  operator creates it, and only then. Any other ConfigMap of that name is never
+  modified and never adopted (adopting would hand it to the garbage collector: it
+  would be deleted with the Config, keys the operator never wrote included). The
+  Config says so instead: ``Published=False``, reason ``ConfigMapNotOwned``, or
+  ``ConfigMapOwnedByAnotherConfig`` naming the Config that publishes there.
+- **Every write is conditional** on the ``resourceVersion`` that was read, so a
+  ConfigMap replaced or changed between the read and the write is read again and
+  judged again, never overwritten blindly.
+- **What is published is verified**: the record's data must hash to the head's
+  checksum, or nothing is written (``IntegrityViolation``).
+- **Drift is repaired**: a ConfigMap annotated with the head whose key no longer
+  holds the head's content (compared by checksum, so reformatting is not drift) is
+  rewritten, counted in ``etcdconfig_publish_repairs_total`` and announced by an
+  Event. The resync loop reconciles every Config each ``resync_interval``, which
+  bounds how long drift lasts; ConfigMaps are not watched.
+
+Messages name ConfigMaps, Configs, versions and checksums, never data values.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from etcdconfig import metrics
+from etcdconfig.canonical import checksum, loads
+from etcdconfig.errors import (
+    CorruptRecord,
+    EtcdConfigError,
+    EtcdPermissionDenied,
+    EtcdUnavailable,
+    InvalidConfig,
+    UnsupportedFormat,
+)
+from etcdconfig.kube import KubeError
+from etcdconfig.models import GROUP, KIND, VERSION
+from etcdconfig.reconcile import status_not_published
+
+if TYPE_CHECKING:
+    from etcdconfig.controller.runtime import Runtime
+    from etcdconfig.models import ConfigMapTarget, ConfigSpec
+    from etcdconfig.store import Head
+
+log = logging.getLogger(__name__)
+
+VERSION_ANNOTATION = "etcdconfig.io/version"
+CHECKSUM_ANNOTATION = "etcdconfig.io/checksum"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "etcdconfig"
+CONFIG_LABEL = "etcdconfig.io/config"
+
+NOT_OWNED = "ConfigMapNotOwned"
+OWNED_BY_ANOTHER = "ConfigMapOwnedByAnotherConfig"
+INTEGRITY = "IntegrityViolation"
+
+ATTEMPTS = 3  # reads of the ConfigMap when it keeps changing between our read and write
+
+# (generation, reason) of the last Warning posted per Config uid: with the condition in
+# status this keeps the Warning to once per generation even when the resync loop and a
+# kopf handler reconcile the same Config at the same moment
+_warned: dict[str, tuple[int, str]] = {}
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why the head is not in the ConfigMap. ``stalled``: only a user's action helps."""
+
+    reason: str
+    message: str
+    stalled: bool
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A publish that did not happen: the status to report and a message for the log."""
+
+    reason: str
+    message: str
+    status: dict[str, Any]
+
+
+class _Changed(Exception):
+    """The ConfigMap changed between our read and our write: read it again."""
+
+
+async def publish(
+    rt: Runtime, body: dict[str, Any], spec: ConfigSpec, head: Head
+) -> Failure | None:
+    """Make ``spec.publish.configMap`` carry ``head``. None: done (or nothing to publish)."""
+    target = spec.publish.config_map if spec.publish else None
+    if target is None or head.version == 0:
+        return None
+    meta = body["metadata"]
+    ns, uid = meta["namespace"], meta["uid"]
+    refusal: Refusal | None = None
+    try:
+        for _ in range(ATTEMPTS):
+            try:
+                refusal = await _publish_once(rt, body, target, head)
+                break
+            except _Changed:
+                continue
+        else:
+            refusal = Refusal(
+                "ConfigMapConflict",
+                f"ConfigMap {ns}/{target.name} changed during each of {ATTEMPTS} attempts "
+                "to publish; retrying",
+                stalled=False,
+            )
+    except KubeError as exc:
+        refusal = Refusal("KubernetesAPIError", f"{exc}; retrying", stalled=False)
+    except (CorruptRecord, UnsupportedFormat) as exc:
+        # the store's own check (store/integrity.py) already names the version and the fix
+        refusal = Refusal(
+            INTEGRITY, f"{exc}; nothing published to ConfigMap {ns}/{target.name}", True
+        )
+    except EtcdConfigError as exc:
+        reason = (
+            "EtcdPermissionDenied"
+            if isinstance(exc, EtcdPermissionDenied)
+            else "EtcdUnavailable"
+            if isinstance(exc, EtcdUnavailable)
+            else type(exc).__name__
+        )
+        refusal = Refusal(reason, f"{exc}; retrying", stalled=False)
+    if refusal is None:
+        _warned.pop(uid, None)
+        return None
+    return await _refused(rt, body, target, head, refusal)
+
+
+async def _publish_once(
+    rt: Runtime, body: dict[str, Any], target: ConfigMapTarget, head: Head
+) -> Refusal | None:
+    assert rt.store is not None
+    meta = body["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    where = f"{ns}/{target.name}"
+    cm = await rt.kube.read_config_map(ns, target.name)
+    if cm is None:
+        content = await _verified_content(rt, ns, name, target, head)
+        if isinstance(content, Refusal):
+            return content
+        if not await rt.kube.create_config_map(ns, _new_config_map(body, target, head, content)):
+            raise _Changed  # created meanwhile (by whom? read it and judge)
+        _published(rt, body, target, head, repaired=False)
+        return None
+
+    cm_meta = cm.get("metadata") or {}
+    refusal = _ownership(cm_meta, meta, where)
+    if refusal is not None:
+        return refusal
+    if cm_meta.get("deletionTimestamp"):
+        return Refusal(
+            "ConfigMapTerminating",
+            f"ConfigMap {where} is being deleted; it is created again once it is gone",
+            stalled=False,
+        )
+    annotations = cm_meta.get("annotations") or {}
+    labels = cm_meta.get("labels") or {}
+    carries_head = annotations.get(VERSION_ANNOTATION) == str(head.version) and annotations.get(
+        CHECKSUM_ANNOTATION
+    ) == str(head.checksum)
+    content_ok = _content_checksum((cm.get("data") or {}).get(target.key)) == head.checksum
+    if carries_head and content_ok and labels.get(CONFIG_LABEL) == name:
+        return None  # up to date: nothing is written
+    if await _newer_published(rt, ns, name, head, annotations):
+        return None  # our head is stale: a newer reconcile published a newer version
+    content = await _verified_content(rt, ns, name, target, head)
+    if isinstance(content, Refusal):
+        return content
+    patch = {
+        "metadata": {"labels": _labels(name), "annotations": _annotations(head)},
+        "data": {target.key: content},
+    }
+    if not await rt.kube.patch_config_map(
+        ns, target.name, patch, resource_version=str(cm_meta.get("resourceVersion") or "")
+    ):
+        raise _Changed
+    repaired = carries_head and not content_ok
+    if repaired:
+        metrics.PUBLISH_REPAIRS.inc()
+        log.warning(
+            "published ConfigMap had drifted from the head; rewritten",
+            extra={"config": f"{ns}/{name}", "configMap": where, "version": head.version},
+        )
+    _published(rt, body, target, head, repaired=repaired)
+    return None
+
+
+def _ownership(cm_meta: dict[str, Any], meta: dict[str, Any], where: str) -> Refusal | None:
+    """None if this Config's operator created the ConfigMap; else why it must not touch it."""
+    controller = next(
+        (r for r in cm_meta.get("ownerReferences") or [] if r.get("controller")), None
+    )
+    by_config = (
+        controller is not None
+        and controller.get("kind") == KIND
+        and str(controller.get("apiVersion", "")).split("/")[0] == GROUP
+    )
+    if by_config and controller is not None and controller.get("uid") != meta["uid"]:
+        owner = f"{meta['namespace']}/{controller.get('name')}"
+        if controller.get("name") == meta["name"]:
+            return Refusal(
+                OWNED_BY_ANOTHER,
+                f"ConfigMap {where} is owned by Config {owner} (uid {controller.get('uid')}), "
+                "an earlier Config of this name that was deleted; it is published again once "
+                "Kubernetes has garbage-collected it",
+                stalled=False,
+            )
+        return Refusal(
+            OWNED_BY_ANOTHER,
+            f"ConfigMap {where} is owned by Config {owner}; it is left untouched: "
+            "a ConfigMap is published by one Config only, choose another "
+            "spec.publish.configMap.name",
+            stalled=True,
+        )
+    if by_config and (cm_meta.get("labels") or {}).get(MANAGED_BY_LABEL) == MANAGED_BY:
+        return None
+    return Refusal(
+        NOT_OWNED,
+        f"ConfigMap {where} exists and was not created by etcdconfig (it lacks the label "
+        f"{MANAGED_BY_LABEL}={MANAGED_BY} or a controller ownerReference to this Config); "
+        "it is left untouched: delete it, or choose another spec.publish.configMap.name",
+        stalled=True,
+    )
+
+
+async def _newer_published(
+    rt: Runtime, ns: str, name: str, head: Head, annotations: dict[str, Any]
+) -> bool:
+    """True if the ConfigMap carries a newer version than ``head`` and the store
+    confirms one (versions of one uid only grow); a made-up annotation is not trusted."""
+    assert rt.store is not None
+    try:
+        annotated = int(annotations.get(VERSION_ANNOTATION) or 0)
+    except ValueError:
+        return False
+    if annotated <= head.version:
+        return False
+    fresh = await rt.store.head(ns, name)
+    return fresh is not None and fresh.uid == head.uid and fresh.version >= annotated
+
+
+async def _verified_content(
+    rt: Runtime, ns: str, name: str, target: ConfigMapTarget, head: Head
+) -> str | Refusal:
+    """The head's data as the ConfigMap holds it, from a record that verifies.
+
+    The store's read verifies the record (its data against its checksum, the stored
+    bytes against the head's ``recordChecksum``) and raises ``CorruptRecord``; the
+    checks here hold the record to the head this reconcile acted on."""
+    assert rt.store is not None
+    record = await rt.store.get_version(
+        ns, name, head.version, expected_record_checksum=head.record_checksum
+    )
+    data = record.raw.get("data")
+    problem = None
+    if record.version != head.version or record.uid != head.uid:
+        problem = (
+            f"the record stored as version {head.version} is version {record.version} "
+            f"of uid {record.uid}"
+        )
+    elif head.checksum is None or record.checksum != head.checksum:
+        problem = (
+            f"version {head.version} has checksum {record.checksum}, the head says {head.checksum}"
+        )
+    elif not isinstance(data, dict):
+        problem = f"version {head.version} holds no JSON object"
+    else:
+        try:
+            actual = checksum(data)
+        except InvalidConfig:
+            actual = "no canonical form"
+        if actual != head.checksum:
+            problem = f"the data of version {head.version} hashes to {actual}, not {head.checksum}"
+    if problem is not None:
+        return Refusal(
+            INTEGRITY,
+            f"{problem}; nothing published to ConfigMap {ns}/{target.name}: "
+            f"run `etcdconfig verify {ns}/{name}` and repair the store",
+            stalled=True,
+        )
+    return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def _content_checksum(text: Any) -> str | None:
+    """The checksum of the JSON in a ConfigMap key; None if it holds no JSON."""
+    if not isinstance(text, str):
+        return None
+    try:
+        return checksum(loads(text))
+    except (ValueError, InvalidConfig, RecursionError):
+        return None
+
+
+def _labels(name: str) -> dict[str, str]:
+    return {MANAGED_BY_LABEL: MANAGED_BY, CONFIG_LABEL: name}
+
+
+def _annotations(head: Head) -> dict[str, str]:
+    return {VERSION_ANNOTATION: str(head.version), CHECKSUM_ANNOTATION: str(head.checksum)}
+
+
+def _new_config_map(
+    owner: dict[str, Any], target: ConfigMapTarget, head: Head, content: str
+) -> dict[str, Any]:
+    meta = owner["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": target.name,
+            "namespace": meta["namespace"],
+            "labels": _labels(meta["name"]),
+            "annotations": _annotations(head),
+            "ownerReferences": [
+                {
+                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "kind": KIND,
+                    "name": meta["name"],
+                    "uid": meta["uid"],
+                    "controller": True,
+                    "blockOwnerDeletion": False,
+                }
+            ],
+        },
+        "data": {target.key: content},
+    }
+
+
+def _published(
+    rt: Runtime, body: dict[str, Any], target: ConfigMapTarget, head: Head, *, repaired: bool
+) -> None:
+    _warned.pop(body["metadata"]["uid"], None)
+    rt.kube.event_soon(
+        body,
+        "Normal",
+        "Published",
+        f"version {head.version} published to ConfigMap {target.name}"
+        + (" (repaired drift)" if repaired else ""),
+    )
+
+
+async def _refused(
+    rt: Runtime, body: dict[str, Any], target: ConfigMapTarget, head: Head, refusal: Refusal
+) -> Failure:
+    meta = body["metadata"]
+    uid = meta["uid"]
+    generation = int(meta.get("generation") or 1)
+    previous = list((body.get("status") or {}).get("conditions") or [])
+    extra = {
+        "config": f"{meta['namespace']}/{meta['name']}",
+        "configMap": f"{meta['namespace']}/{target.name}",
+        "reason": refusal.reason,
+        "version": head.version,
+    }
+    if refusal.stalled:
+        old = next((c for c in previous if c.get("type") == "Published"), None)
+        said = (
+            old is not None
+            and old.get("status") == "False"
+            and old.get("reason") == refusal.reason
+            and old.get("observedGeneration") == generation
+        )
+        if not said and _warned.get(uid) != (generation, refusal.reason):
+            _warned[uid] = (generation, refusal.reason)
+            metrics.PUBLISH_REFUSALS.labels(refusal.reason).inc()
+            if refusal.reason == INTEGRITY:
+                metrics.INTEGRITY_VIOLATIONS.inc()
+            log.warning("head not published", extra={**extra, "error": refusal.message})
+            await rt.kube.event(body, "Warning", refusal.reason, refusal.message)
+    else:
+        log.warning(
+            "could not publish the head; will retry", extra={**extra, "error": refusal.message}
+        )
+    status = status_not_published(
+        generation,
+        previous,
+        version=head.version,
+        checksum=head.checksum,
+        recorded_at=head.recorded_at,
+        reason=refusal.reason,
+        message=refusal.message,
+        stalled=refusal.stalled,
+    )
+    return Failure(refusal.reason, refusal.message, status)
