@@ -5,6 +5,14 @@ dead or frozen replica leaves the set within the lease TTL. A Config is owned by
 the live member with the highest ``sha256(member + uid)``: when a member joins
 or leaves, only about 1/N of the Configs move. Ownership decides who does the
 work; the per-Config lock and the fenced commit keep hand-over windows safe.
+
+The member set is kept current by a watch (:meth:`Membership.watch`). A watch
+that dies freezes ownership — a departed member's Configs would never be taken
+over — so it survives every exception: etcd errors and compaction are handled
+inside it (back off, re-list, resume); anything else ends ``watch()`` and is
+handled by whoever runs it: the operator's supervisor (which logs, backs off and
+runs it again: a re-list), or, by default, the membership's own task, which does
+the same.
 """
 
 from __future__ import annotations
@@ -16,6 +24,8 @@ import json
 import logging
 import os
 import socket
+import time
+import traceback
 from typing import TYPE_CHECKING
 
 from etcdconfig.errors import Compacted, EtcdError
@@ -37,12 +47,21 @@ def rendezvous_owner(members: tuple[str, ...] | list[str], uid: str) -> str | No
 
 
 class Membership:
-    def __init__(self, client: EtcdClient, prefix: str, replica_id: str) -> None:
+    """``own_watch=False``: :meth:`join` does not start the watch; the caller runs
+    :meth:`watch` (the operator runs it under its supervisor)."""
+
+    INITIAL_BACKOFF = 0.5
+    MAX_BACKOFF = 10.0
+
+    def __init__(
+        self, client: EtcdClient, prefix: str, replica_id: str, *, own_watch: bool = True
+    ) -> None:
         self.client = client
         self.base = f"{prefix.rstrip('/')}/members/".encode()
         self.replica_id = replica_id
         self.members: tuple[str, ...] = ()
         self.changed = asyncio.Event()
+        self.own_watch = own_watch
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -60,8 +79,8 @@ class Membership:
         ).encode()
         await self.client.txn([], [Put(self.key, value, lease=session.lease_id)])
         await self._refresh()
-        if self._task is None:
-            self._task = asyncio.create_task(self._watch(), name="membership-watch")
+        if self.own_watch and self._task is None:
+            self._task = asyncio.create_task(self._watch_forever(), name="membership-watch")
 
     async def _refresh(self) -> int:
         res = await self.client.range(self.base, prefix_end(self.base), keys_only=True)
@@ -75,8 +94,13 @@ class Membership:
             self.members = members
             self.changed.set()
 
-    async def _watch(self) -> None:
+    async def watch(self) -> None:
+        """Keep ``members`` current until cancelled: list, then watch from the listed
+        revision. etcd errors and compaction: back off, re-list, resume. Any other
+        exception propagates (the caller logs it and runs ``watch()`` again)."""
+        delay = self.INITIAL_BACKOFF
         while True:
+            started = time.monotonic()
             try:
                 rev = await self._refresh()
                 async for _rev, events in self.client.watch(
@@ -91,8 +115,34 @@ class Membership:
                             current.discard(name)
                     self._set(tuple(sorted(current)))
             except (Compacted, EtcdError) as exc:
-                log.warning("membership watch interrupted; re-reading", extra={"error": str(exc)})
-                await asyncio.sleep(1)  # back off before re-listing
+                if time.monotonic() - started >= self.MAX_BACKOFF:
+                    delay = self.INITIAL_BACKOFF
+                log.warning(
+                    "membership watch interrupted; re-reading",
+                    extra={"error": type(exc).__name__, "detail": str(exc), "backoff": delay},
+                )
+                await asyncio.sleep(delay)  # back off before re-listing
+                delay = min(delay * 2, self.MAX_BACKOFF)
+
+    async def _watch_forever(self) -> None:
+        """``watch()`` for a membership nobody supervises: survive anything but
+        cancellation (log the error's type, never its message; back off; re-list)."""
+        delay = self.INITIAL_BACKOFF
+        while True:
+            started = time.monotonic()
+            try:
+                await self.watch()
+            except Exception as exc:
+                if time.monotonic() - started >= self.MAX_BACKOFF:
+                    delay = self.INITIAL_BACKOFF
+                tb = traceback.extract_tb(exc.__traceback__)
+                where = f"{os.path.basename(tb[-1].filename)}:{tb[-1].lineno}" if tb else ""
+                log.error(
+                    "membership watch failed; restarting it",
+                    extra={"error": type(exc).__name__, "where": where, "backoff": delay},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.MAX_BACKOFF)
 
     def owner_of(self, uid: str) -> str | None:
         members = self.members or (self.replica_id,)

@@ -1,5 +1,5 @@
 """``/metrics`` (Prometheus), ``/healthz`` (the process serves) and ``/readyz``
-(etcd session alive and kopf watching)."""
+(etcd session alive, kopf watching, every supervised background task running)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,18 @@ if TYPE_CHECKING:
     from etcdconfig.controller.runtime import Runtime
 
 
+def readiness_problems(runtime: Runtime, kopf_ready: asyncio.Event) -> list[str]:
+    """Why the replica is not ready; empty when it is. A background task that is dead
+    or waiting to restart after a crash is named (resync, membership-watch, …)."""
+    problems = []
+    if not runtime.healthy:
+        problems.append("etcd session is not alive")
+    if not kopf_ready.is_set():
+        problems.append("kopf is not watching yet")
+    problems.extend(runtime.supervisor.problems())
+    return problems
+
+
 async def start_http(
     runtime: Runtime, kopf_ready: asyncio.Event, addr: str, port: int
 ) -> web.AppRunner:
@@ -28,11 +40,7 @@ async def start_http(
         return web.Response(text="ok\n")
 
     async def readyz(_: web.Request) -> web.Response:
-        problems = []
-        if not runtime.healthy:
-            problems.append("etcd session is not alive")
-        if not kopf_ready.is_set():
-            problems.append("kopf is not watching yet")
+        problems = readiness_problems(runtime, kopf_ready)
         if problems:
             return web.Response(status=503, text="; ".join(problems) + "\n")
         return web.Response(text="ok\n")

@@ -12,10 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 from etcdconfig import metrics
 from etcdconfig.controller.reconciler import Reconciler, RetryLater
+from etcdconfig.controller.supervisor import describe_error
 from etcdconfig.errors import EtcdConfigError
 from etcdconfig.reconcile import status_differs, status_integrity
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from etcdconfig.controller.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,8 @@ class Resync:
         return mine
 
     async def run(self) -> None:
+        """Rounds until cancelled. A failed round (the list of Configs, say) is logged
+        and the next one retries; one Config's failure never ends a round."""
         assert self.rt.membership is not None
         interval = self.rt.settings.resync_interval
         while True:
@@ -54,8 +59,9 @@ class Resync:
             metrics.MEMBERS.set(len(self.rt.membership.members))
             try:
                 await self.once()
-            except EtcdConfigError as exc:
-                log.warning("resync round failed; next round will retry", extra={"error": str(exc)})
+            except Exception as exc:  # CancelledError is not an Exception: it still stops us
+                metrics.RESYNC_ERRORS.labels("round", type(exc).__name__).inc()
+                log.warning("resync round failed; next round will retry", extra=describe_error(exc))
 
     async def once(self) -> None:
         objs = await self.owned()
@@ -69,14 +75,37 @@ class Resync:
 
         async def one(obj: dict[str, Any]) -> None:
             async with sem:
-                await self.reconcile_one(obj)
+                await self._guarded("reconcile", obj, self.reconcile_one)
                 if integrity_due:
-                    await self.verify_one(obj)
+                    await self._guarded("integrity", obj, self.verify_one)
 
         await asyncio.gather(*(one(o) for o in objs))
         if integrity_due:
             self._last_integrity = time.monotonic()
         self.rounds += 1
+        metrics.RESYNC_ROUNDS.inc()
+
+    async def _guarded(
+        self,
+        stage: str,
+        obj: dict[str, Any],
+        step: Callable[[dict[str, Any]], Awaitable[None]],
+    ) -> None:
+        """Run one step for one Config; any failure (a hold timeout's ``TimeoutError``,
+        a lock or Kubernetes error, a bug) is logged and counted, and the round goes on."""
+        try:
+            await step(obj)
+        except Exception as exc:
+            meta = obj.get("metadata") or {}
+            metrics.RESYNC_ERRORS.labels(stage, type(exc).__name__).inc()
+            log.warning(
+                f"resync: {stage} of a Config failed; the next round retries",
+                extra={
+                    "config": f"{meta.get('namespace')}/{meta.get('name')}",
+                    "stage": stage,
+                    **describe_error(exc),
+                },
+            )
 
     async def reconcile_one(self, obj: dict[str, Any]) -> None:
         meta = obj["metadata"]

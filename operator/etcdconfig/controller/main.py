@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from typing import TYPE_CHECKING
@@ -66,7 +65,8 @@ async def run(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     http = await start_http(runtime, ready, settings.http_addr, settings.http_port)
-    resync = asyncio.create_task(Resync(runtime, reconciler).run(), name="resync")
+    # supervised: a crash is logged, restarted with backoff and shown on /readyz
+    runtime.supervisor.add("resync", Resync(runtime, reconciler).run)
     log.info(
         "operator starting",
         extra={
@@ -87,10 +87,7 @@ async def run(settings: Settings) -> None:
             stop_flag=stop,
         )
     finally:
-        resync.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await resync
-        await runtime.stop()
+        await runtime.stop()  # stops the supervised tasks first
         await http.cleanup()
         await kube.close()
         await client.close()

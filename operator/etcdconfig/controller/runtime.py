@@ -1,5 +1,6 @@
 """Everything a replica holds while it runs: etcd client, session, locks, store,
-membership, the Kubernetes API; and the session keeper that replaces a lost lease."""
+membership, the Kubernetes API, the supervisor of its background tasks; and the
+session keeper that replaces a lost lease."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 from etcdconfig import metrics
 from etcdconfig.concurrency import ConfigLocks, Session
 from etcdconfig.concurrency.membership import Membership
+from etcdconfig.controller.supervisor import Supervisor
 from etcdconfig.errors import EtcdError
 from etcdconfig.store import VersionedStore
 from etcdconfig.validation import Validator
@@ -34,7 +36,10 @@ class Runtime:
     locks: ConfigLocks | None = None
     store: VersionedStore | None = None
     membership: Membership | None = None
-    _keeper: asyncio.Task[None] | None = None
+    # background tasks: session-keeper and membership-watch (start), resync (main);
+    # another is one line: runtime.supervisor.add("name", coroutine_factory)
+    supervisor: Supervisor = field(default_factory=Supervisor)
+    _loss_counted: Session | None = field(default=None, repr=False)
 
     async def start(self) -> None:
         s = self.settings
@@ -45,13 +50,22 @@ class Runtime:
             validator=self.validator,
             max_request_bytes=s.etcd_max_request_bytes,
         )
-        self.membership = Membership(self.client, s.etcd_prefix, s.replica_id)
+        self.membership = Membership(self.client, s.etcd_prefix, s.replica_id, own_watch=False)
         await self._new_session()
-        self._keeper = asyncio.create_task(self._keep_session(), name="session-keeper")
+        self.supervisor.add("session-keeper", self._keep_session)
+        self.supervisor.add("membership-watch", self.membership.watch)
 
     async def _new_session(self) -> None:
         s = self.settings
         session = await Session(self.client, ttl=s.lock_ttl).start()
+        assert self.membership is not None
+        try:
+            await self.membership.join(session)
+        except BaseException:
+            # never leave a lease (and its keep-alive task) behind that nothing uses
+            with contextlib.suppress(Exception):
+                await session.close()
+            raise
         locks = ConfigLocks(
             session,
             prefix=s.etcd_prefix,
@@ -60,19 +74,21 @@ class Runtime:
             hold_timeout=s.hold_timeout,
         )
         self.session, self.locks = session, locks
-        assert self.membership is not None
-        await self.membership.join(session)
         metrics.MEMBERS.set(len(self.membership.members))
         log.info("etcd session started", extra={"lease": f"{session.lease_id:x}"})
 
     async def _keep_session(self) -> None:
-        """A lost lease means every lock is gone: start a new session (and re-join)."""
+        """A lost lease means every lock is gone: start a new session (and re-join).
+        Supervised: after a crash it runs again and picks up where it stopped."""
         delay = 0.5
         while True:
             assert self.session is not None
-            await self.session.done.wait()
-            metrics.SESSION_LOST.inc()
-            log.warning("etcd session lost; starting a new one")
+            lost = self.session
+            await lost.done.wait()
+            if self._loss_counted is not lost:  # once per lease, across restarts
+                self._loss_counted = lost
+                metrics.SESSION_LOST.inc()
+                log.warning("etcd session lost; starting a new one")
             while True:
                 try:
                     await self._new_session()
@@ -88,10 +104,7 @@ class Runtime:
         return self.session is not None and self.session.alive
 
     async def stop(self) -> None:
-        if self._keeper is not None:
-            self._keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._keeper
+        await self.supervisor.stop()
         if self.membership is not None:
             await self.membership.leave()
         if self.session is not None:

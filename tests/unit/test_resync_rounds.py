@@ -1,0 +1,178 @@
+"""The resync loop without I/O: one Config's failure of any kind never ends the
+round for the others, and a failed round never ends the loop.
+
+Against the loop before supervision (catching only ``EtcdConfigError``), the
+first test fails: the hold timeout's ``TimeoutError`` escapes ``once()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any, cast
+
+from etcdconfig import metrics
+from etcdconfig.controller.loops import Resync
+from etcdconfig.errors import LockTimeout
+from etcdconfig.kube import KubeError
+
+
+async def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(0.005)  # poll interval of a deadline-bounded wait
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def errors(stage: str, error: str) -> float:
+    value = metrics.REGISTRY.get_sample_value(
+        "etcdconfig_resync_errors_total", {"stage": stage, "error": error}
+    )
+    return 0.0 if value is None else value
+
+
+def config(name: str) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "namespace": "ns",
+            "name": name,
+            "uid": f"uid-{name}",
+            "generation": 2,
+            "resourceVersion": "7",
+        },
+        "status": {"observedGeneration": 1},
+    }
+
+
+class FakeKube:
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self.list_failures: list[BaseException] = []
+        self.patched: list[str] = []
+        self.patch_fails_for: set[str] = set()
+        self.list_calls = 0
+
+    async def list_configs(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        self.list_calls += 1
+        if self.list_failures:
+            raise self.list_failures.pop(0)
+        return [config(n) for n in self.names]
+
+    async def patch_status(
+        self, namespace: str, name: str, status: dict[str, Any], **_: Any
+    ) -> bool:
+        if name in self.patch_fails_for:
+            raise KubeError(f"patch status of Config {namespace}/{name}: 409 Conflict")
+        self.patched.append(name)
+        return True
+
+    async def get_config(self, namespace: str, name: str) -> dict[str, Any]:
+        return config(name)
+
+
+class FakeReconciler:
+    """Fails per Config as told; returns a status that differs from the listed one."""
+
+    def __init__(self, failures: dict[str, BaseException]) -> None:
+        self.failures = failures
+        self.calls: list[str] = []
+
+    async def reconcile(self, body: dict[str, Any], *, trigger: str) -> dict[str, Any]:
+        name = body["metadata"]["name"]
+        self.calls.append(name)
+        if name in self.failures:
+            raise self.failures[name]
+        return {"observedGeneration": 2}
+
+
+class FakeStore:
+    def __init__(self, fails_for: set[str]) -> None:
+        self.fails_for = fails_for
+        self.verified: list[str] = []
+
+    async def verify(self, namespace: str, name: str) -> list[str]:
+        self.verified.append(name)
+        if name in self.fails_for:
+            raise RuntimeError("a bug in verify")
+        return []
+
+
+def runtime(kube: FakeKube, store: FakeStore, integrity_interval: float = 3600) -> Any:
+    return SimpleNamespace(
+        settings=SimpleNamespace(
+            namespaces=[],
+            resync_concurrency=2,
+            resync_interval=3600.0,
+            integrity_interval=integrity_interval,
+        ),
+        membership=SimpleNamespace(owns=lambda uid: True, changed=asyncio.Event(), members=("r",)),
+        kube=kube,
+        store=store,
+    )
+
+
+async def test_one_configs_failure_of_any_kind_does_not_end_the_round() -> None:
+    names = ["timeout", "lock", "bug", "ok-1", "patch-conflict", "ok-2"]
+    kube = FakeKube(names)
+    kube.patch_fails_for = {"patch-conflict"}
+    reconciler = FakeReconciler(
+        {
+            "timeout": TimeoutError(),  # a hold timeout (asyncio.timeout around the yield)
+            "lock": LockTimeout("could not acquire lock ns/lock within 30s"),
+            "bug": KeyError("retries"),
+        }
+    )
+    before = {
+        k: errors("reconcile", k) for k in ("TimeoutError", "KeyError", "KubeError", "LockTimeout")
+    }
+    resync = Resync(cast("Any", runtime(kube, FakeStore(set()))), cast("Any", reconciler))
+
+    await resync.once()
+
+    assert sorted(reconciler.calls) == sorted(names)  # every Config was tried
+    assert sorted(kube.patched) == ["ok-1", "ok-2"]  # and the good ones were finished
+    assert resync.rounds == 1
+    after = {k: errors("reconcile", k) - v for k, v in before.items()}
+    # LockTimeout is an EtcdConfigError: reconcile_one handles it itself, as before
+    assert after == {"TimeoutError": 1, "KeyError": 1, "KubeError": 1, "LockTimeout": 0}
+
+
+async def test_a_failing_integrity_scan_of_one_config_does_not_stop_the_others() -> None:
+    kube = FakeKube(["a", "b", "c"])
+    store = FakeStore({"b"})
+    resync = Resync(
+        cast("Any", runtime(kube, store, integrity_interval=0)), cast("Any", FakeReconciler({}))
+    )
+    before = errors("integrity", "RuntimeError")
+    await resync.once()
+    assert sorted(store.verified) == ["a", "b", "c"]
+    assert errors("integrity", "RuntimeError") - before == 1
+    assert resync.rounds == 1
+
+
+async def test_a_failed_round_is_followed_by_the_next_round() -> None:
+    kube = FakeKube(["a"])
+    kube.list_failures = [TimeoutError(), RuntimeError("bug listing")]
+    rt = runtime(kube, FakeStore(set()))
+    reconciler = FakeReconciler({})
+    resync = Resync(cast("Any", rt), cast("Any", reconciler))
+    before = errors("round", "TimeoutError"), errors("round", "RuntimeError")
+    loop = asyncio.create_task(resync.run())
+    try:
+        for round_ in (1, 2, 3):
+            rt.membership.changed.set()  # a membership change starts a round now
+            await wait_until(lambda r=round_: kube.list_calls == r, 5, f"round {round_}")
+        await wait_until(lambda: resync.rounds == 1, 5, "a completed round")
+        assert not loop.done()
+        assert reconciler.calls == ["a"]
+        assert (errors("round", "TimeoutError"), errors("round", "RuntimeError")) == (
+            before[0] + 1,
+            before[1] + 1,
+        )
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
