@@ -12,6 +12,11 @@ LOCK_ACQUIRE = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
     registry=REGISTRY,
 )
+LOCK_KEYS_SWEPT = Counter(
+    "etcdconfig_lock_keys_swept_total",
+    "Orphaned lock keys of this replica's session deleted by the periodic sweep.",
+    registry=REGISTRY,
+)
 LOCK_CONTENTION = Counter(
     "etcdconfig_lock_contention_total",
     "Lock acquisitions that had to wait behind another holder.",

@@ -110,7 +110,7 @@ async def test_hold_timeout_cancels_a_stuck_holder_and_releases(
         never = asyncio.Event()
         # a named lock error, not the built-in TimeoutError: callers that handle lock
         # failures (EtcdConfigError) handle this one too
-        with pytest.raises(HoldTimeout, match="ns/cfg exceeded the hold timeout of 0.3s"):
+        with pytest.raises(HoldTimeout, match=r"ns/cfg exceeded the hold timeout of 0\.3s"):
             async with locks.hold("ns", "cfg"):
                 await never.wait()
         assert await _lock_keys(client, prefix) == []

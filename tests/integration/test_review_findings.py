@@ -534,3 +534,41 @@ async def test_incarnation_records_say_what_each_uid_recorded(
         "lastVersion": 2,
         "deleted": True,
     }
+
+
+async def test_the_operators_lock_sweeper_removes_an_orphan_of_its_session_within_the_ttl(
+    etcd_server: EtcdServer, client: EtcdClient, prefix: str, other: Any
+) -> None:
+    """Finding 2, end to end in the runtime: a key left on the replica's live lease
+    (what a finalize on a non-owner leaked before) is gone within about a TTL, and
+    another replica locks the Config."""
+    from typing import cast
+
+    from etcdconfig import metrics
+    from etcdconfig.controller.runtime import Runtime
+    from etcdconfig.settings import Settings
+
+    _, other_locks = other
+    settings = Settings(
+        etcd_endpoints=[etcd_server.endpoint], etcd_prefix=prefix, replica_id="r1", lock_ttl=2
+    )
+    rt_client = EtcdClient(settings.etcd())
+    await rt_client.connect(write=True)
+    rt = Runtime(settings=settings, client=rt_client, kube=cast("Any", None))
+    await rt.start()
+    try:
+        assert rt.session is not None
+        swept = metrics.REGISTRY.get_sample_value("etcdconfig_lock_keys_swept_total") or 0
+        orphan = f"{lock_prefix(prefix, NS, NAME)}/{rt.session.lease_id:x}".encode()
+        await rt_client.put(orphan, b"r1", lease=rt.session.lease_id)
+
+        async def gone() -> bool:
+            return await lock_keys(client, prefix) == []
+
+        await wait_for(gone, 2 * settings.lock_ttl + 2, "the sweeper to remove the orphan")
+        assert metrics.REGISTRY.get_sample_value("etcdconfig_lock_keys_swept_total") == swept + 1
+        async with other_locks.hold(NS, NAME) as mutex:
+            assert mutex.held
+    finally:
+        await rt.stop()
+        await rt_client.close()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from etcdconfig.concurrency.mutex import Mutex
-from etcdconfig.errors import EtcdError, HoldTimeout, LockTimeout
+from etcdconfig.errors import HoldTimeout, LockTimeout
 from etcdconfig.etcd import Compare, DeleteRange, prefix_end
 
 if TYPE_CHECKING:
@@ -162,12 +162,3 @@ class ConfigLocks:
         self.suspects.clear()
         self.swept += removed
         return removed
-
-    async def run_sweeper(self, interval: float) -> None:
-        """Sweep every ``interval`` seconds (sooner when a release just failed)."""
-        while True:
-            await asyncio.sleep(interval if not self.suspects else min(interval, 1.0))
-            try:
-                await self.sweep()
-            except EtcdError as exc:
-                log.warning("lock sweep failed; will retry", extra={"error": str(exc)})

@@ -54,6 +54,26 @@ class Runtime:
         await self._new_session()
         self.supervisor.add("session-keeper", self._keep_session)
         self.supervisor.add("membership-watch", self.membership.watch)
+        self.supervisor.add("lock-sweeper", self._sweep_locks)
+
+    async def _sweep_locks(self) -> None:
+        """Delete this session's orphaned lock keys (:meth:`ConfigLocks.sweep`): every
+        TTL, and within a second after a release could not delete its key. A key left
+        on our long-lived lease would lock the other replicas out for as long as this
+        replica is healthy."""
+        interval = float(self.settings.lock_ttl)
+        while True:
+            suspects = self.locks is not None and bool(self.locks.suspects)
+            await asyncio.sleep(min(interval, 1.0) if suspects else interval)
+            if self.locks is None:
+                continue
+            try:
+                removed = await self.locks.sweep()
+            except EtcdError as exc:
+                log.warning("lock sweep failed; will retry", extra={"error": str(exc)})
+                continue
+            if removed:
+                metrics.LOCK_KEYS_SWEPT.inc(removed)
 
     async def _new_session(self) -> None:
         s = self.settings
