@@ -171,12 +171,13 @@ class Mutex:
     async def _abandon(self) -> None:
         """Delete our waiter key, retrying transient errors; cancellation cannot stop it.
 
-        With its create revision known, the delete compares it (only that key goes);
-        without (the acquiring transaction's outcome is unknown), it deletes by name:
-        the name is this lease's for this lock, and the in-process lock of
-        :class:`~etcdconfig.concurrency.ConfigLocks` keeps one Mutex per lock per
-        process. If every try fails, ``orphaned`` is set and ``on_orphan`` is told, so
-        a periodic sweep removes the key later (it would live as long as the lease).
+        Every delete compares the key's create revision, so a delete that lands late
+        can never remove a key this lease created afterwards (the next hold of the same
+        lock by this process). When the acquiring transaction's outcome is unknown (a
+        reply lost, a deadline hit in flight), the key is read first to learn its
+        revision; if it is not there yet it may still land, so it is left to the
+        periodic sweep (``on_orphan``), which deletes it the same guarded way. If
+        every try fails, ``orphaned`` is set and ``on_orphan`` is told too.
         """
         rev, self.revision, self.held = self.revision, 0, False
         self.prefetched.clear()
@@ -184,13 +185,22 @@ class Mutex:
             await asyncio.shield(self._delete_own_key(rev))
 
     async def _delete_own_key(self, rev: int) -> None:
-        compares = [Compare.create_revision(self.key, "=", rev)] if rev else []
         delay = 0.05
+        unknown = rev == 0
         for attempt in range(1, RELEASE_ATTEMPTS + 1):
             try:
-                await self.session.client.txn(compares, [DeleteRange(self.key)])
+                if rev == 0:
+                    kv, _ = await self.session.client.get(self.key)
+                    if kv is None:
+                        break  # not there (yet?): the sweep deletes it if it lands late
+                    rev = kv.create_revision
+                await self.session.client.txn(
+                    [Compare.create_revision(self.key, "=", rev)], [DeleteRange(self.key)]
+                )
                 self.key_may_exist = False
-                return
+                if not unknown:
+                    return
+                break  # an acquire with an unknown outcome may still land: sweep later
             except LeaseNotFound:
                 self.key_may_exist = False
                 return
@@ -200,10 +210,10 @@ class Mutex:
                         "could not delete our lock key; the sweep will",
                         extra={"key": self.key.decode(errors="replace"), "error": str(exc)},
                     )
+                    self.orphaned = True
                     break
                 await asyncio.sleep(delay)  # backoff between release attempts
                 delay = min(delay * 4, 1.0)
-        self.orphaned = True
         if self.on_orphan is not None:
             self.on_orphan(self.key)
 

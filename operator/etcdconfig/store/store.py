@@ -242,12 +242,12 @@ class VersionedStore:
     async def commit(self, change: ChangeRequest, mutex: Mutex) -> CommitResult:
         """Record ``change`` under ``mutex``; retries an unknown outcome idempotently.
 
-        Every attempt that was sent is remembered as (version, recordChecksum): the
+        Every attempt that was sent is remembered as the head it would make: the
         record is unique to this attempt (it carries the fencing revision, the replica
         and the time), so "did my write land?" is answered by finding that exact
         record, never by (uid, generation), which another writer may also have stored.
         """
-        sent: list[tuple[int, str]] = []
+        sent: list[Head] = []
         unknown = False
         for attempt in range(1, self.max_attempts + 1):
             try:
@@ -295,7 +295,7 @@ class VersionedStore:
         change: ChangeRequest,
         mutex: Mutex,
         attempt: int,
-        sent: list[tuple[int, str]],
+        sent: list[Head],
         *,
         after_unknown: bool,
     ) -> CommitResult:
@@ -324,10 +324,12 @@ class VersionedStore:
             else None
         )
         # a previous attempt whose outcome was unknown may have landed: find its record
-        if sent and head is not None and await self._landed(ns, name, head, sent):
-            mutex.released_by_commit()  # the landed transaction deleted the lock key
-            self.stats["commits"] += 1
-            return CommitResult(head=head, recorded=True, attempts=attempt)
+        if sent and head is not None:
+            ours = await self._landed(ns, name, head, sent)
+            if ours is not None:
+                mutex.released_by_commit()  # the landed transaction deleted the lock key
+                self.stats["commits"] += 1
+                return CommitResult(head=_newest(head, ours), recorded=True, attempts=attempt)
         # a uid whose deletion was ever recorded never writes again, whatever the head
         # holds now (another incarnation's tombstone included)
         if (inc is not None and inc.deleted) or (
@@ -421,7 +423,7 @@ class VersionedStore:
         # read the version back inside the same transaction: etcd applies the ops in
         # order, so this returns what it stored (post-update integrity, no extra round trip)
         success.append(Range(version_key))
-        sent.append((version, rc))
+        sent.append(new_head)
         res = await self.client.txn(
             compares, success, [Range(head_key), Range(mutex.key), Range(version_key)]
         )
@@ -464,26 +466,28 @@ class VersionedStore:
             Compare.mod_revision(key, "=", kv.mod_revision if kv else 0),
         )
 
-    async def _landed(self, ns: str, name: str, head: Head, sent: list[tuple[int, str]]) -> bool:
-        """Did one of the attempts ``sent`` (version, recordChecksum) land? Only that exact
-        record counts: the same (uid, generation) written by another holder does not."""
-        for version, rc in sent:
+    async def _landed(self, ns: str, name: str, head: Head, sent: list[Head]) -> Head | None:
+        """Which of the attempts ``sent`` landed, if any (the head it made). Only that
+        exact record counts (its recordChecksum): the same (uid, generation) written by
+        another holder does not."""
+        for ours in sent:
+            version, rc = ours.version, ours.record_checksum
             if head.record_checksum == rc:
-                return True
+                return ours
             if version > head.version:
                 continue  # the head never reached it (or a Purge removed it)
             kv, _ = await self.client.get(self.keys.version(ns, name, version))
             if kv is not None:
                 if sha256_of(kv.value) == rc:
-                    return True
+                    return ours
                 continue
             # pruned by retention since: its successor names it as parent
             nxt, _ = await self.client.get(self.keys.version(ns, name, version + 1))
             if nxt is not None:
                 with contextlib.suppress(StoreError):
                     if VersionRecord.parse(nxt.value).parent_checksum == rc:
-                        return True
-        return False
+                        return ours
+        return None
 
     async def _classify_failure(
         self,
@@ -491,7 +495,7 @@ class VersionedStore:
         mutex: Mutex,
         responses: tuple[Any, ...],
         old_head_kv: Any,
-        sent: list[tuple[int, str]],
+        sent: list[Head],
         attempt: int,
     ) -> CommitResult:
         """Say why a commit transaction failed, by what the head says first: an earlier
@@ -506,10 +510,11 @@ class VersionedStore:
         )
         # the attempt that just failed did not land; an earlier one with an unknown
         # outcome may have
-        if now is not None and await self._landed(ns, name, now, sent[:-1]):
+        ours = await self._landed(ns, name, now, sent[:-1]) if now is not None else None
+        if now is not None and ours is not None:
             mutex.released_by_commit()
             self.stats["commits"] += 1
-            return CommitResult(head=now, recorded=True, attempts=attempt)
+            return CommitResult(head=_newest(now, ours), recorded=True, attempts=attempt)
         if (
             now is not None
             and now.uid == change.uid
@@ -578,9 +583,30 @@ class VersionedStore:
         own: list[KeyValue] = []
         if last and (first is not None or inc is None):
             own = await self._own_versions(ns, name, uid, first, last)
+        # Purge removes the uid's run only where nothing chains on it: the head (this
+        # uid's, or a tombstone) must point at the run's last version. Once a later
+        # incarnation recorded on top of it (it superseded this uid, whose finalizer
+        # runs late), removing the run would break the chain: it is kept.
+        purging = bool(
+            purge
+            and own
+            and last
+            and head is not None
+            and (owns_head or head.deleted)
+            and head.version == last
+        )
+        if purge and own and not purging:
+            log.warning(
+                "Purge keeps this incarnation's versions: a later one's history chains on them",
+                extra={"config": f"{ns}/{name}", "uid": uid},
+            )
+        if inc is not None and inc.deleted and not purging:
+            return head  # the deletion is recorded; there is nothing (more) to purge
+        # "purged": none of this uid's versions remain (none kept because of chaining)
+        purged = purging or (purge and not own)
         ops: list[Put | DeleteRange | Range] = []
         tomb: Head | None = None
-        if purge and own and last:
+        if purging and last:
             low = VersionRecord.parse(own[-1].value).version
             ops.append(
                 DeleteRange(self.keys.version(ns, name, low), self.keys.version(ns, name, last + 1))
@@ -589,7 +615,8 @@ class VersionedStore:
             pointer: tuple[int, str | None, str | None] = (
                 (head.version, head.checksum, head.record_checksum) if head else (0, None, None)
             )
-            if purge and own and owns_head:
+            if purging:
+                # the tombstone points at the newest version that remains
                 pointer = await self._remaining_below(ns, name, own[-1])
             tomb = Head(
                 version=pointer[0],
@@ -599,7 +626,7 @@ class VersionedStore:
                 record_checksum=pointer[2],
                 recorded_at=now,
                 deleted=True,
-                purged=purge,
+                purged=purged,
             )
             ops.append(Put(head_key, dump(tomb.to_json())))
         ended = Incarnation(
@@ -609,7 +636,7 @@ class VersionedStore:
             else (VersionRecord.parse(own[-1].value).version if own else None),
             last_version=last if own else (inc.last_version if inc is not None else None),
             deleted=True,
-            purged=purge,
+            purged=purged,
             superseded_by=inc.superseded_by if inc is not None else None,
             recorded_at=now,
         )
@@ -825,6 +852,13 @@ class VersionedStore:
                     f"records generation {newest.generation}",
                 )
         return problems
+
+
+def _newest(head: Head, ours: Head) -> Head:
+    """The head to report for a commit that landed: the current one if it is still this
+    uid's live head (a later generation may have followed), else the one ours made (the
+    name may since be a tombstone or another incarnation's)."""
+    return head if head.uid == ours.uid and not head.deleted else ours
 
 
 __all__ = [
