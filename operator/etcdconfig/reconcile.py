@@ -195,10 +195,15 @@ def status_recorded(
     checksum: str | None,
     recorded_at: str,
     recorded_now: bool,
+    published_to: str | None = None,
 ) -> dict[str, Any]:
+    """The generation is recorded (and, with ``published_to``, the head is in that
+    ConfigMap: ``Published`` True; without ``spec.publish`` there is no such condition)."""
     b = StatusBuilder(generation, previous)
     b.set("Ready", True, "Recorded", f"version {version} is the head")
     _recorded(b, generation, version, recorded_now)
+    if published_to is not None:
+        b.set("Published", True, "Published", f"version {version} is in ConfigMap {published_to}")
     b.keep("Intact", (True, "ReadBackVerified", "the head record was read back and verified"))
     if b.conditions["Intact"]["status"] == "False":
         b.set("Ready", False, "IntegrityViolation", b.conditions["Intact"]["message"])

@@ -248,7 +248,12 @@ def test_second_config_on_the_same_configmap_gets_a_conflict(
     assert cm["metadata"]["resourceVersion"] == published["metadata"]["resourceVersion"]
     ready_first = condition(get(plane, ns, "first"), "Ready")
     assert ready_first is not None and ready_first["status"] == "True"
-    assert "Published" not in conditions(get(plane, ns, "first"))
+    published_first = condition(get(plane, ns, "first"), "Published")
+    assert published_first is not None
+    assert (published_first["status"], published_first["message"]) == (
+        "True",
+        "version 1 is in ConfigMap shared",
+    )
     warnings = events(plane, ns, "second", "ConfigMapOwnedByAnotherConfig")
     assert [(e["type"], e["message"]) for e in warnings] == [("Warning", message)]
 
@@ -261,7 +266,9 @@ def test_second_config_on_the_same_configmap_gets_a_conflict(
         return obj if ready and ready["status"] == "True" else None
 
     obj = wait_until(second_published, 120, "second Ready after first is gone")
-    assert "Published" not in conditions(obj)
+    published_second = condition(obj, "Published")
+    assert published_second is not None
+    assert (published_second["status"], published_second["reason"]) == ("True", "Published")
     cm = config_map(plane, ns, "shared")
     assert cm is not None
     assert [r["uid"] for r in cm["metadata"]["ownerReferences"]] == [obj["metadata"]["uid"]]

@@ -103,16 +103,16 @@ class Reconciler:
         assert spec is not None
 
         if mine is not None and mine.generation >= generation:
-            result_status = status_recorded(
+            published_to = await self._publish(body, spec, mine, delay)
+            return status_recorded(
                 generation,
                 previous,
                 version=mine.version,
                 checksum=mine.checksum,
                 recorded_at=mine.recorded_at,
                 recorded_now=False,
+                published_to=published_to,
             )
-            await self._publish(body, spec, mine, delay)
-            return result_status
 
         data_checksum = checksum(spec.data)
         change = ChangeRequest(
@@ -161,7 +161,7 @@ class Reconciler:
             )
         else:
             metrics.COMMITS.labels("already_recorded").inc()
-        await self._publish(body, spec, result.head, delay)
+        published_to = await self._publish(body, spec, result.head, delay)
         return status_recorded(
             generation,
             previous,
@@ -169,6 +169,7 @@ class Reconciler:
             checksum=result.checksum,
             recorded_at=result.head.recorded_at,
             recorded_now=result.recorded,
+            published_to=published_to,
         )
 
     async def _record(self, change: ChangeRequest) -> CommitResult | None:
@@ -296,8 +297,11 @@ class Reconciler:
         )
         return RetryLater(str(exc), status, delay)
 
-    async def _publish(self, body: dict[str, Any], spec: Any, head: Head, delay: float) -> None:
-        """``spec.publish`` (see ``controller/publish.py``); when the head could not be
+    async def _publish(
+        self, body: dict[str, Any], spec: Any, head: Head, delay: float
+    ) -> str | None:
+        """``spec.publish`` (see ``controller/publish.py``): the ConfigMap's name once it
+        carries the head (None: nothing to publish). When the head could not be
         published, the status it returns (Published and Ready False) is reported through
         ``RetryLater``, and the retries and the resync loop try again."""
         from etcdconfig.controller import publish
@@ -305,3 +309,5 @@ class Reconciler:
         failure = await publish.publish(self.rt, body, spec, head)
         if failure is not None:
             raise RetryLater(failure.message, failure.status, delay)
+        target = spec.publish.config_map if spec.publish else None
+        return str(target.name) if target is not None and head.version > 0 else None
