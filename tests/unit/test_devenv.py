@@ -1,9 +1,12 @@
 """The dev environment's pure parts: the Kubernetes wrapper go.mod, version ldflags,
-certificates and kubeconfigs (no Go, no processes)."""
+certificates and kubeconfigs; how a failed start is cleaned up and reported (no Go,
+no processes: those are stubbed)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import dataclasses
+import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -11,12 +14,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from etcdconfig.devenv import build
-from etcdconfig.devenv.controlplane import ControlPlane, ControlPlaneError
+from etcdconfig.devenv import build, cli, controlplane
+from etcdconfig.devenv.controlplane import ControlPlane, ControlPlaneError, ProcessInfo
 from etcdconfig.devenv.pki import CertificateAuthority
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 UPSTREAM_GO_MOD = """\
 module k8s.io/kubernetes
@@ -150,3 +150,137 @@ def test_add_user_refuses_system_masters(tmp_path: Path) -> None:
 def test_facts_of_a_control_plane_never_started_say_to_run_up(tmp_path: Path) -> None:
     with pytest.raises(ControlPlaneError, match="run `up` first"):
         _ = ControlPlane(tmp_path).server
+
+
+# --- start-up failures and clean-up (issue #17), with the processes stubbed out -------------
+
+
+def test_one_line_collapses_whitespace_and_truncates() -> None:
+    assert controlplane._one_line("a\n  b\tc\n") == "a b c"
+    assert controlplane._one_line("x" * 10, limit=5) == "xxxx…"
+
+
+def test_see_log_names_the_log_and_its_last_line(tmp_path: Path) -> None:
+    log = tmp_path / "kube-apiserver.log"
+    assert controlplane._see_log(log) == f"log {log} (empty)"
+    log.write_text("I0101 starting\nE0101 failed:\n  cannot bind\n\n")
+    assert controlplane._see_log(log) == f"log {log} (last line: cannot bind)"
+
+
+def test_process_info_from_state_ignores_unknown_keys_and_reads_old_entries() -> None:
+    old = {"name": "etcd", "pid": 7, "exe": "/bin/etcd", "log": "etcd.log"}
+    assert ProcessInfo.from_state(old) == ProcessInfo("etcd", 7, "/bin/etcd", "etcd.log")
+    new = {**old, "start_time": 42, "boot_id": "b", "from_the_future": 1}
+    assert ProcessInfo.from_state(new) == ProcessInfo("etcd", 7, "/bin/etcd", "etcd.log", 42, "b")
+
+
+def _plane_that_fails(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, error: BaseException
+) -> ControlPlane:
+    monkeypatch.setattr(build, "ensure_kubernetes", lambda _version: {})
+    monkeypatch.setattr(build, "ensure_etcd", lambda: (tmp_path / "etcd", tmp_path / "etcdctl"))
+    monkeypatch.setattr(ControlPlane, "_link_tools", lambda self: None)
+
+    def fail(self: ControlPlane, *_args: object) -> None:
+        raise error
+
+    monkeypatch.setattr(ControlPlane, "_start", fail)
+    return ControlPlane(tmp_path / "dev")
+
+
+def test_a_failed_start_raises_its_own_error_after_cleaning_up(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    plane = _plane_that_fails(monkeypatch, tmp_path, ControlPlaneError("etcd exited; log x"))
+    graces: list[float] = []
+    monkeypatch.setattr(ControlPlane, "stop", lambda self, grace: graces.append(grace) or [])
+    with pytest.raises(ControlPlaneError) as err:
+        plane.start(grace=3.5)
+    assert str(err.value) == "etcd exited; log x"
+    assert graces == [3.5]
+
+
+def test_an_unexpected_error_becomes_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    plane = _plane_that_fails(monkeypatch, tmp_path, OSError(28, "No space left\non device"))
+    monkeypatch.setattr(ControlPlane, "stop", lambda self, grace: [])
+    with pytest.raises(ControlPlaneError) as err:
+        plane.start()
+    assert str(err.value) == "start-up failed: OSError: [Errno 28] No space left on device"
+
+
+def test_a_clean_up_that_fails_never_hides_why_the_start_failed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    plane = _plane_that_fails(monkeypatch, tmp_path, ControlPlaneError("kcm exited; log y"))
+
+    def broken_stop(self: ControlPlane, grace: float) -> None:
+        raise subprocess.TimeoutExpired(["kube-controller-manager"], 10)
+
+    monkeypatch.setattr(ControlPlane, "stop", broken_stop)
+    with pytest.raises(ControlPlaneError) as err:
+        plane.start()
+    assert str(err.value) == (
+        "kcm exited; log y; clean-up failed (TimeoutExpired(['kube-controller-manager'], 10)): "
+        "`down` stops what is left"
+    )
+
+
+def test_an_interrupted_start_cleans_up_and_stays_an_interruption(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    plane = _plane_that_fails(monkeypatch, tmp_path, KeyboardInterrupt())
+    graces: list[float] = []
+    monkeypatch.setattr(ControlPlane, "stop", lambda self, grace: graces.append(grace) or [])
+    with pytest.raises(KeyboardInterrupt):
+        plane.start()
+    assert graces == [controlplane.STOP_GRACE]
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "stderr"),
+    [
+        (ControlPlaneError("kcm exited; log z"), 1, "error: kcm exited; log z\n"),
+        (build.BuildError("go build failed"), 1, "error: go build failed\n"),
+        (ValueError("a bug\nover lines"), 1, "error: ValueError: a bug over lines\n"),
+        (
+            KeyboardInterrupt(),
+            130,
+            "error: interrupted by SIGINT; nothing is left running\n",
+        ),
+    ],
+)
+def test_the_cli_reports_any_failure_of_up_in_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    error: BaseException,
+    code: int,
+    stderr: str,
+) -> None:
+    def fail(self: ControlPlane, timeout: float, grace: float) -> None:
+        raise error
+
+    monkeypatch.setattr(ControlPlane, "start", fail)
+    assert cli.main(["--dir", str(tmp_path / "dev"), "up"]) == code
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", stderr)
+
+
+def test_leftovers_are_what_runs_of_an_unfinished_start(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    plane = ControlPlane(tmp_path)
+    procs = [ProcessInfo(n, i, f"/bin/{n}", f"{n}.log", i, "b") for i, n in enumerate("abc")]
+    plane._state = {"processes": [dataclasses.asdict(p) for p in procs]}
+    dead = {"b"}
+    monkeypatch.setattr(ProcessInfo, "alive", lambda self: self.name not in dead)
+    assert [p.name for p in plane.leftovers()] == ["a", "c"]  # the start never finished
+    assert not plane.running()
+    plane._state["ready_after_seconds"] = 5.0
+    assert [p.name for p in plane.leftovers()] == ["a", "c"]  # finished, but b died since
+    assert not plane.running()
+    dead.clear()
+    assert plane.leftovers() == []
+    assert plane.running()

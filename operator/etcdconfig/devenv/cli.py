@@ -3,9 +3,11 @@
 The same :func:`main` backs ``etcdconfig dev ...`` (pass ``prog``).
 
     up       build (or reuse cached) binaries, start etcd + kube-apiserver +
-             kube-controller-manager on loopback, wait until ready
-    down     stop every process ``up`` started (by PID)
-    status   what runs, where the logs are, memory; exit 1 if not running/ready
+             kube-controller-manager on loopback, wait until ready; if that fails,
+             stop what it started and say why in one line, naming the log to read
+    down     stop every process ``up`` started (by PID; SIGTERM, then SIGKILL),
+             including what a failed or interrupted ``up`` left running
+    status   what runs, where the logs are, memory, leftovers; exit 1 if not ready
     env      shell exports: ``eval "$(python -m etcdconfig.devenv env)"``
     user     make a non-admin user's kubeconfig: ``user alice --group dev``
 
@@ -18,12 +20,17 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 from etcdconfig.devenv.build import BuildError
-from etcdconfig.devenv.controlplane import ControlPlane, ControlPlaneError
+from etcdconfig.devenv.controlplane import STOP_GRACE, ControlPlane, ControlPlaneError
+
+if TYPE_CHECKING:
+    from types import FrameType
 
 
 def _default_dir() -> Path:
@@ -48,7 +55,15 @@ def build_parser(prog: str = "python -m etcdconfig.devenv") -> argparse.Argument
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start the control plane and wait until it is ready")
     up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for readiness")
-    sub.add_parser("down", help="stop the processes `up` started")
+    down = sub.add_parser("down", help="stop the processes `up` started")
+    for cmd in (up, down):
+        cmd.add_argument(
+            "--grace",
+            type=float,
+            default=STOP_GRACE,
+            help="seconds between SIGTERM and SIGKILL when stopping a process "
+            f"(default {STOP_GRACE:g})",
+        )
     status = sub.add_parser("status", help="show processes, readiness, memory and logs")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("env", help="print shell exports (KUBECONFIG, PATH, etcd endpoint)")
@@ -68,21 +83,66 @@ def _print_status(status: dict[str, object]) -> None:
     for p in procs:
         state = "running" if p["running"] else "stopped"
         print(f"  {p['name']:<24} pid {p['pid']:<8} {state:<8} {p['rss_mib']:>7} MiB  {p['log']}")
+    if not procs:
+        print("  nothing running (`up` starts it)")
+    leftovers = status["leftovers"]
+    assert isinstance(leftovers, list)
+    if leftovers:
+        print(f"leftovers   {', '.join(leftovers)}: not a working control plane; `down` stops them")
+
+
+class _Terminated(BaseException):
+    """SIGTERM while ``up`` runs: unwinds like Ctrl-C, so what it started is stopped."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> NoReturn:
+    raise _Terminated
+
+
+def _up(plane: ControlPlane, args: argparse.Namespace, prog: str) -> None:
+    begin = time.monotonic()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        plane.start(timeout=args.timeout, grace=args.grace)
+    finally:
+        if previous is not None:  # None: set outside Python, which cannot restore it
+            signal.signal(signal.SIGTERM, previous)
+    print(f"control plane ready in {time.monotonic() - begin:.1f}s")
+    _print_status(plane.status())
+    print(f'use it: eval "$({prog} --dir {plane.state_dir} env)"')
+
+
+def _down(plane: ControlPlane, args: argparse.Namespace) -> None:
+    for proc, outcome in plane.stop(grace=args.grace):
+        print(f"{proc.name:<24} pid {proc.pid:<8} {outcome}")
+    print(f"stopped; logs remain in {plane.log_dir}")
+
+
+def _interrupted(args: argparse.Namespace, what: str) -> int:
+    """One line; after ``up`` or ``down``, whether anything is left running."""
+    after = ""
+    if args.command in ("up", "down"):
+        try:
+            left = ControlPlane(args.dir).leftovers()
+        except ControlPlaneError:
+            left = []
+        names = ", ".join(f"{p.name} pid {p.pid}" for p in left)
+        after = "; nothing is left running"
+        if left:
+            after = f"; left running: {names}: `down` stops them"
+    print(f"error: interrupted by {what}{after}", file=sys.stderr)
+    return 130 if what == "SIGINT" else 143
 
 
 def main(argv: list[str] | None = None, *, prog: str = "python -m etcdconfig.devenv") -> int:
+    """Errors are one line on stderr (``error: ...``) and exit code 1, never a traceback."""
     args = build_parser(prog).parse_args(argv)
-    plane = ControlPlane(args.dir)
     try:
+        plane = ControlPlane(args.dir)
         if args.command == "up":
-            begin = time.monotonic()
-            plane.start(timeout=args.timeout)
-            print(f"control plane ready in {time.monotonic() - begin:.1f}s")
-            _print_status(plane.status())
-            print(f'use it: eval "$({prog} --dir {plane.state_dir} env)"')
+            _up(plane, args, prog)
         elif args.command == "down":
-            plane.stop()
-            print(f"stopped; logs remain in {plane.log_dir}")
+            _down(plane, args)
         elif args.command == "status":
             status = plane.status()
             if args.json:
@@ -95,7 +155,14 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m etcdconfig.dev
                 print(f"export {key}={shlex.quote(value)}")
         elif args.command == "user":
             print(plane.add_user(args.name, args.group))
-    except (ControlPlaneError, BuildError, TimeoutError, RuntimeError) as exc:
+    except (ControlPlaneError, BuildError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return _interrupted(args, "SIGINT")
+    except _Terminated:
+        return _interrupted(args, "SIGTERM")
+    except Exception as exc:  # a bug, or something unforeseen: still one line
+        print(f"error: {type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     return 0

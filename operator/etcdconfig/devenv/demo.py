@@ -21,8 +21,9 @@ import urllib.request
 from pathlib import Path
 
 from etcdconfig import crd
+from etcdconfig.devenv.build import BuildError
 from etcdconfig.devenv.cli import DEFAULT_DIR
-from etcdconfig.devenv.controlplane import ControlPlane
+from etcdconfig.devenv.controlplane import ControlPlane, ControlPlaneError
 from etcdconfig.devenv.etcd import free_port
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
@@ -197,7 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=("up", "down"))
     args = parser.parse_args(argv)
     args.dir.mkdir(parents=True, exist_ok=True)
-    return up(args.dir) if args.action == "up" else down(args.dir)
+    try:
+        return up(args.dir) if args.action == "up" else down(args.dir)
+    except (ControlPlaneError, BuildError) as exc:  # the message says why and which log
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
