@@ -1,7 +1,10 @@
 """Fault injection: 3 active replicas, a stream of updates to 20 Configs, and
-faults (kills, pauses, etcd crashes and leader loss, partitions). After each
-scenario the invariant checker reads etcd directly: no version is lost,
-duplicated or corrupted, and every Config's status agrees with its head.
+faults (kills, pauses, etcd crashes and leader loss, partitions, lost gRPC
+answers, delete/re-create/Purge churn). After each scenario the invariant
+checker reads etcd directly: no version is lost, duplicated or corrupted, each
+holds the data Kubernetes held at its (uid, generation), every write was made by
+the lock owner of its moment, no lock key is left, every Config's status agrees
+with its head, and every replica is ready with its background tasks up.
 
 Sleeps here are the *timing of the faults* (the scenario), never a way to wait
 for an outcome: outcomes are awaited with deadlines (``wait_until``).
@@ -18,16 +21,17 @@ from typing import Any
 
 import pytest
 from tests.e2e.chaos.harness import (
+    Churner,
     Fleet,
     KubeAPI,
     Report,
-    TcpProxy,
     Writer,
     check_invariants,
     lock_holders,
     rand,
 )
 from tests.e2e.operator_env import wait_until
+from tests.faultproxy import KINDS, MODES, FaultProxy
 
 from etcdconfig.devenv.controlplane import ControlPlane
 from etcdconfig.devenv.etcd import EtcdServer, start_cluster
@@ -60,10 +64,19 @@ async def _finish(
 ) -> Report:
     writer.stop()
     fleet.ensure_running()
-    versions, lost, dup = await check_invariants(api, endpoints, fleet.prefix, namespace, names)
-    report = Report(scenario, iterations, len(names), versions, writer.updates, lost, dup, extra)
+    checked = await check_invariants(api, endpoints, fleet.prefix, namespace, names, fleet=fleet)
+    report = Report(
+        scenario,
+        iterations,
+        len(names),
+        checked.versions,
+        writer.updates,
+        checked.lost,
+        checked.duplicated,
+        {**extra, "writes": checked.audit.writes, "acks": api.ledger.acks},
+    )
     report.print()
-    assert (lost, dup) == (0, 0)
+    assert (checked.lost, checked.duplicated) == (0, 0)
     return report
 
 
@@ -231,7 +244,7 @@ async def test_r5_partitioned_replica_writes_nothing_after_losing_its_lock(
     prefix: str,
 ) -> None:
     host, port = store_etcd.endpoint.split(":")
-    proxies = [TcpProxy(host, int(port)) for _ in range(3)]
+    proxies = [FaultProxy(host, int(port)) for _ in range(3)]
     fleet = Fleet(control_plane, [p.endpoint for p in proxies], prefix, tmp_path, ttl=TTL)
     try:
         fleet.start()
@@ -248,6 +261,8 @@ async def test_r5_partitioned_replica_writes_nothing_after_losing_its_lock(
         for p in proxies:
             p.heal()
         fleet.stop()
+        for p in proxies:
+            p.close()
 
 
 async def test_r6_ten_updates_within_50ms_while_replicas_restart(
@@ -281,3 +296,184 @@ async def test_r6_ten_updates_within_50ms_while_replicas_restart(
         )
     finally:
         fleet.stop()
+
+
+async def test_r7_delete_recreate_purge_churn_replays_stale_copies_of_every_incarnation(
+    control_plane: ControlPlane,
+    namespace: str,
+    store_etcd: EtcdServer,
+    crd: Path,
+    tmp_path: Path,
+    prefix: str,
+) -> None:
+    """Names go through incarnations — create (deletionPolicy alternating Retain and
+    Purge), two updates, delete, re-create as soon as the API server lets go of the
+    name — while the replica holding a lock is frozen (SIGSTOP) past its lease TTL,
+    again and again.
+
+    How stale copies get replayed: a frozen replica keeps everything it had in hand.
+    It is caught holding a Config's lock, so it is inside a reconcile of some body
+    (from a watch event or from its resync listing; resync runs every 0.3 s over
+    one Config at a time, so a round — a list of bodies read at its start — is
+    nearly always in progress). While it is frozen its lease expires, another
+    replica finalises the deletions (the deletion handler runs on every replica),
+    and the names are re-created under new uids; the API server's watch events of
+    each incarnation (ADDED, MODIFIED, DELETED with the finalizer) queue in its
+    socket. On SIGCONT it carries on with the stale body under a lost lock, finishes
+    the stale listing, and kopf replays the queued events, deletions of dead uids
+    included, with both Retain and Purge bodies. ``stale_refused`` in the report
+    counts the writes for dead incarnations the replicas refused.
+
+    Invariants (from the write log: every write ever, purged ones included): nothing
+    recorded for a uid after its deletion was recorded; a Purge removes only its own
+    uid's versions (Retain history of other incarnations survives, all of it); at
+    most one record per (uid, generation); every record written by the lock owner of
+    that moment, with the data Kubernetes held; versions contiguous, head = newest.
+    """
+    rng = rand()
+    fleet = Fleet(
+        control_plane,
+        [store_etcd.endpoint],
+        prefix,
+        tmp_path,
+        ttl=TTL,
+        resync=0.3,
+        resync_concurrency=1,
+    )
+    fleet.start()
+    api = KubeAPI(control_plane)
+    names = [f"churn{i}" for i in range(6)]
+    churner = Churner(api, namespace, names)
+    churner.start()
+    client = EtcdClient(EtcdSettings(endpoints=[store_etcd.endpoint]))
+    paused = 0
+    try:
+        for _ in range(4 * SCALE):
+            holders: list[str] = []
+            deadline = time.monotonic() + 5
+            while not holders and time.monotonic() < deadline:
+                holders = await lock_holders(client, prefix)
+                if not holders:
+                    await asyncio.sleep(0.005)  # poll for a holder to freeze
+            idx = fleet.index_of(rng.choice(holders)) if holders else rng.randrange(3)
+            if idx is None:
+                continue
+            fleet.replicas[idx].pause()
+            time.sleep(1.5 * TTL + 0.5)  # the fault: frozen past its lease TTL while churning
+            fleet.replicas[idx].resume_if_paused()
+            paused += 1
+            time.sleep(0.5)  # the schedule: it catches up with its stale copies
+        churner.stop()
+        fleet.ensure_running()
+        checked = await check_invariants(
+            api, [store_etcd.endpoint], prefix, namespace, names, fleet=fleet
+        )
+        audit = checked.audit
+        for inc in churner.gone:
+            written = audit.written.get(inc.uid, [])
+            if not written:
+                continue  # deleted before any replica recorded it
+            assert inc.uid in audit.tombstones, (
+                f"{inc.name} {inc.uid} ({inc.policy}) is gone but its deletion was not recorded"
+            )
+            assert audit.purged.get(inc.uid) == (inc.policy == "Purge"), inc
+            kept = [(cfg, v) for cfg, v in written if audit.live.get(cfg, {}).get(v) == inc.uid]
+            if inc.policy == "Retain":
+                assert kept == written, f"{inc.name} {inc.uid} (Retain) lost history: {written}"
+            else:
+                assert kept == [], f"{inc.name} {inc.uid} (Purge) left history: {kept}"
+        stale = fleet.metric("etcdconfig_commit_conflicts_total", '{kind="stale_incarnation"}')
+        report = Report(
+            "R7",
+            paused,
+            len(names),
+            checked.versions,
+            api.ledger.acks,
+            checked.lost,
+            checked.duplicated,
+            {
+                "incarnations": len(churner.incarnations),
+                "deletes": churner.deletes,
+                "writes": audit.writes,
+                "tombstones": len(audit.tombstones),
+                "purged": sum(audit.purged.values()),
+                "stale_refused": int(stale),
+                **({"odd_answers": dict(churner.odd)} if churner.odd else {}),
+            },
+        )
+        report.print()
+        assert (checked.lost, checked.duplicated) == (0, 0)
+        assert len(churner.incarnations) >= 2 * len(names), "the churn did not churn"
+    finally:
+        await client.close()
+        churner.halt()
+        fleet.stop()
+
+
+async def test_r8_lost_grpc_answers_of_every_call_kind_under_load(
+    control_plane: ControlPlane,
+    namespace: str,
+    store_etcd: EtcdServer,
+    crd: Path,
+    tmp_path: Path,
+    prefix: str,
+) -> None:
+    """Each replica reaches etcd through a fault proxy that understands etcd's gRPC
+    calls. Round after round, one replica's proxy loses the answers of one call
+    kind (lock acquire, commit, release, tombstone, keep-alive) — the request
+    reaches etcd, the answer never comes back (connection reset, or silence past the
+    deadline), or the request itself is lost — while updates stream in and a few
+    Configs are deleted and re-created. Nothing may leak (a lock key on a live lease
+    would stall its Config for good), be lost, doubled, or written without the lock."""
+    rng = rand()
+    host, port = store_etcd.endpoint.split(":")
+    proxies = [FaultProxy(host, int(port), prefix=prefix) for _ in range(3)]
+    fleet = Fleet(control_plane, [p.endpoint for p in proxies], prefix, tmp_path, ttl=3)
+    writer: Writer | None = None
+    churner: Churner | None = None
+    fired: dict[str, int] = {}
+    rounds = 2 * SCALE
+    try:
+        fleet.start()
+        api, names = _setup(control_plane, namespace, n=8)
+        writer = Writer(api, namespace, names, interval=0.01)
+        writer.start()
+        churner = Churner(api, namespace, ["gone0", "gone1"], updates=1)
+        churner.start()
+        for i in range(rounds):
+            for k, kind in enumerate(KINDS):
+                proxy = proxies[(i + k) % 3]
+                # timeout: silent past the operator's 5 s etcd deadline
+                proxy.arm(kind, times=2, mode=rng.choice(MODES[:3]), hold=5.5)
+                deadline = time.monotonic() + 3
+                while proxy.armed_left and time.monotonic() < deadline:
+                    time.sleep(0.05)  # the schedule: let the fault meet its calls
+                proxy.disarm()
+        for p in proxies:
+            for f in p.fired:
+                fired[f"{f.kind}/{f.mode}"] = fired.get(f"{f.kind}/{f.mode}", 0) + 1
+        churner.stop()
+        await _finish(
+            "R8",
+            fleet,
+            writer,
+            api,
+            [store_etcd.endpoint],
+            namespace,
+            [*names, *churner.names],
+            rounds,
+            faults=sum(fired.values()),
+            kinds=len({k.split("/")[0] for k in fired}),
+        )
+        print(f"[chaos R8] faults fired: {dict(sorted(fired.items()))}")
+        assert {k.split("/")[0] for k in fired} >= {"acquire", "commit", "keepalive"}, fired
+    finally:
+        if writer is not None:
+            writer.stop()
+        if churner is not None:
+            churner.halt()
+        for p in proxies:
+            p.disarm()
+        fleet.stop()
+        for p in proxies:
+            p.close()

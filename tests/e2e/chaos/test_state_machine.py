@@ -1,8 +1,10 @@
 """A hypothesis state machine mixing apply / kill / pause / resume / restart etcd /
-partition / heal against 3 live replicas. Safety invariants (gapless versions, no
-duplicate (uid, generation), increasing generations and fencing revisions, intact
-chain) are checked after every step; convergence (the final generation recorded,
-status = head) at the end of every example. Bounded to fit CI."""
+partition / heal / lost gRPC answers against 3 live replicas. Safety invariants
+(gapless versions, no duplicate (uid, generation), increasing generations and
+fencing revisions, intact chain) are checked after every step; convergence (the
+final generation recorded with the data Kubernetes held, status = head, no lock
+key left, every replica ready, the write-log audit) at the end of every example.
+Bounded to fit CI."""
 
 from __future__ import annotations
 
@@ -15,8 +17,9 @@ from typing import ClassVar
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
-from tests.e2e.chaos.harness import Fleet, KubeAPI, TcpProxy, Writer, check_invariants
+from tests.e2e.chaos.harness import Fleet, KubeAPI, Writer, check_invariants
 from tests.e2e.operator_env import crd
+from tests.faultproxy import KINDS, FaultProxy, Kind, Mode
 
 from etcdconfig.devenv.controlplane import ControlPlane
 from etcdconfig.devenv.etcd import EtcdServer
@@ -52,7 +55,7 @@ async def _safety(endpoint: str, prefix: str, namespace: str, names: list[str]) 
 class ChaosMachine(RuleBasedStateMachine):
     plane: ClassVar[ControlPlane]
     etcd: ClassVar[EtcdServer]
-    proxies: ClassVar[list[TcpProxy]]
+    proxies: ClassVar[list[FaultProxy]]
     fleet: ClassVar[Fleet]
     api: ClassVar[KubeAPI]
     namespace: ClassVar[str]
@@ -104,6 +107,16 @@ class ChaosMachine(RuleBasedStateMachine):
         self._count("heal")
         self.proxies[r].heal()
 
+    @rule(
+        r=st.integers(0, REPLICAS - 1),
+        kind=st.sampled_from(KINDS),
+        mode=st.sampled_from(("drop", "timeout", "lose")),
+    )
+    def lose_grpc_answers(self, r: int, kind: Kind, mode: Mode) -> None:
+        """The next two calls of one kind lose their answer (or themselves)."""
+        self._count("lose_grpc_answers")
+        self.proxies[r].arm(kind, times=2, mode=mode, hold=5.5)
+
     @rule()
     def let_time_pass(self) -> None:
         self._count("let_time_pass")
@@ -124,13 +137,19 @@ class ChaosMachine(RuleBasedStateMachine):
         self.writer.stop()
         ChaosMachine.acked += self.writer.updates
         for p in self.proxies:
+            p.disarm()
             p.heal()
         for r in self.fleet.replicas:
             r.resume_if_paused()
         self.fleet.ensure_running()
         asyncio.run(
             check_invariants(
-                self.api, [self.etcd.endpoint], self.fleet.prefix, self.namespace, self.names
+                self.api,
+                [self.etcd.endpoint],
+                self.fleet.prefix,
+                self.namespace,
+                self.names,
+                fleet=self.fleet,
             )
         )
 
@@ -142,16 +161,16 @@ def test_state_machine_of_faults_keeps_every_history_exact(
     etcd.start()
     etcd.wait_healthy(30)
     host, port = etcd.endpoint.split(":")
-    proxies = [TcpProxy(host, int(port)) for _ in range(REPLICAS)]
-    fleet = Fleet(
-        control_plane, [p.endpoint for p in proxies], f"/sm-{uuid.uuid4().hex[:8]}", tmp_path
-    )
+    prefix = f"/sm-{uuid.uuid4().hex[:8]}"
+    proxies = [FaultProxy(host, int(port), prefix=prefix) for _ in range(REPLICAS)]
+    fleet = Fleet(control_plane, [p.endpoint for p in proxies], prefix, tmp_path)
     try:
         fleet.start()
         api = KubeAPI(control_plane)
         names = [f"m{i}" for i in range(CONFIGS)]
         for name in names:
-            api.create_config(namespace, name, {"n": 0})
+            # examples share the Configs: keep every version, so histories stay 1..N
+            api.create_config(namespace, name, {"n": 0}, history={"maxVersions": 100000})
         ChaosMachine.plane, ChaosMachine.etcd, ChaosMachine.proxies = control_plane, etcd, proxies
         ChaosMachine.fleet, ChaosMachine.api = fleet, api
         ChaosMachine.namespace, ChaosMachine.names = namespace, names
@@ -173,4 +192,6 @@ def test_state_machine_of_faults_keeps_every_history_exact(
         for p in proxies:
             p.heal()
         fleet.stop()
+        for p in proxies:
+            p.close()
         etcd.stop()
