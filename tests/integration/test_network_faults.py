@@ -396,6 +396,37 @@ async def test_a_lost_keepalive_answer_keeps_the_session_and_the_lock(
     await assert_after_faults(direct, prefix, faulty, other, next_change=change(2))
 
 
+@pytest.mark.parametrize(("mode", "times"), [("timeout", 1), ("drop", 2)])
+async def test_lost_keepalive_answers_do_not_use_up_the_lease(
+    proxy: FaultProxy,
+    faulty: Replica,
+    other: Replica,
+    direct: EtcdClient,
+    prefix: str,
+    mode: Mode,
+    times: int,
+) -> None:
+    """An answer held silent past the deadline (the connection then reset), or two
+    answers lost in a row, while etcd keeps the lease alive: the session must retry
+    on a fresh stream in time, not wait out the lease's whole life on one ping (before
+    the fix the session declared itself lost after exactly one TTL)."""
+    async with faulty.locks.hold(NS, NAME) as mutex:
+        proxy.arm("keepalive", times=times, mode=mode, hold=HOLD)
+        await wait_for(lambda: proxy.armed_left == 0, 2 * TTL, "the keep-alive faults")
+        after = proxy.seen["keepalive"]
+        await wait_for(
+            lambda: proxy.seen["keepalive"] >= after + 2 or not faulty.session.alive,
+            2 * TTL,
+            "two more keep-alives",
+        )
+        assert faulty.session.alive, f"{times} lost keep-alive answer(s) ended the session"
+        result = await faulty.store.commit(change(1), mutex)
+    assert_fired(proxy, "keepalive", mode, times)
+    assert result.recorded
+    faulty.acked.append((change(1), result))
+    await assert_after_faults(direct, prefix, faulty, other, next_change=change(2))
+
+
 @pytest.mark.parametrize("mode", ["drop", "lose"])
 async def test_keepalive_answers_lost_for_a_ttl_free_the_lock_and_fence_the_old_holder(
     proxy: FaultProxy, other: Replica, direct: EtcdClient, prefix: str, mode: Mode

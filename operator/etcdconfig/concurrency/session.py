@@ -57,29 +57,35 @@ class Session:
 
     async def _keepalive(self) -> None:
         stream = self.client.keepalive()
+        delay = self.ttl / 3
         try:
             while True:
-                # refresh at a third of the TTL so two lost pings still leave time
-                await asyncio.sleep(self.ttl / 3)
-                if time.monotonic() >= self._expires_at:
+                # refresh at a third of the TTL; after a failed ping, retry soon
+                await asyncio.sleep(delay)
+                left = self._expires_at - time.monotonic()
+                if left <= 0:
                     log.warning("etcd session lease expired", extra={"lease": f"{self.lease_id:x}"})
                     break
                 try:
-                    # a slow answer (a busy event loop, a leader election) is not a lost
-                    # lease: wait for it as long as the lease can still be alive
+                    # A slow answer (a busy event loop, a leader election) is not a lost
+                    # lease, but a lost answer must not use up the lease's whole life
+                    # either: wait for one answer at most max(TTL/6, 1 s), then retry on
+                    # a fresh stream (another endpoint) while the lease can still be alive
                     remaining = await stream.ping(
-                        self.lease_id, max(0.1, self._expires_at - time.monotonic())
+                        self.lease_id, max(0.1, min(left, max(self.ttl / 6, 1.0)))
                     )
                 except EtcdError as exc:
                     log.warning(
                         "etcd session keep-alive failed; retrying",
                         extra={"lease": f"{self.lease_id:x}", "error": str(exc)},
                     )
+                    delay = min(self.ttl / 10, 0.5)
                     continue
                 if remaining <= 0:
                     log.warning("etcd session lease is gone", extra={"lease": f"{self.lease_id:x}"})
                     break
                 self._expires_at = time.monotonic() + remaining
+                delay = self.ttl / 3
         finally:
             stream.close()
             self.done.set()
