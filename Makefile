@@ -34,8 +34,10 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff format --check operator tests bench examples
 	$(BIN)/mypy
 
-## test: every tier (lint, unit, integration against real etcd, e2e against a real control plane)
+## test: every tier (lint, the mutants of every safety guard, unit, integration against real etcd,
+## e2e against a real control plane, the SPIN model)
 test: install lint
+	$(BIN)/python -m tests.mutation.run
 	$(BIN)/pytest tests
 
 test-unit: $(BIN)/.installed
@@ -46,6 +48,11 @@ test-integration: install
 
 test-e2e: install
 	$(BIN)/pytest tests/e2e
+
+## mutants: mutation testing of the safety guards: each mutant (tests/mutation/mutants.py) must fail a named test
+.PHONY: mutants
+mutants: install
+	$(BIN)/python -m tests.mutation.run
 
 ## bench: run the benchmarks (figures are ratios against a baseline measured in the same run)
 bench: install

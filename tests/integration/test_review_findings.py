@@ -450,7 +450,10 @@ async def test_sweep_leaves_keys_in_use_alone(client: EtcdClient, prefix: str) -
     async with Session(client, ttl=10) as session:
         locks = ConfigLocks(session, prefix=prefix, identity="me")
         async with locks.hold(NS, NAME) as mutex:
-            assert await locks.sweep() == 0
+            # without the in-use guard the sweep would wait for our own in-process lock:
+            # bound it, so that such a regression fails instead of hanging
+            async with asyncio.timeout(5):
+                assert await locks.sweep() == 0
             assert len(await lock_keys(client, prefix)) == 1
             assert mutex.held
 

@@ -1,0 +1,356 @@
+"""Hand-written mutants of the safety guards, each with the tests that must kill it.
+
+Each entry removes or weakens one guard of the store, the locks or the reader. The
+runner (``python -m tests.mutation.run``, ``make mutants``) applies one mutant at a
+time to a copy of the repository and runs only that mutant's ``tests`` there: at
+least one of them must fail. ``original`` must occur exactly once in ``file`` (the
+exact text, indentation included); when the code around a guard changes, the runner
+says so and the entry here must be updated with the new text.
+
+Test ids are pytest node ids relative to the repository root; a parametrized test
+named without brackets runs every case.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+STORE = "operator/etcdconfig/store/store.py"
+MUTEX = "operator/etcdconfig/concurrency/mutex.py"
+LOCKS = "operator/etcdconfig/concurrency/locks.py"
+RECONCILER = "operator/etcdconfig/controller/reconciler.py"
+READER = "operator/etcdconfig/reader.py"
+
+T_STORE = "tests/integration/test_store.py"
+T_REVIEW = "tests/integration/test_review_findings.py"
+T_FENCING = "tests/integration/test_fencing.py"
+T_READER = "tests/integration/test_reader.py"
+T_ADVERSARIAL = "tests/integration/test_adversarial.py"
+T_KILLERS = "tests/integration/test_mutant_killers.py"
+
+# lines of the commit's and the deletion's compares (indented where used)
+FENCE = "*self.fencing_compares(mutex),\n"
+HEAD_CMP = 'Compare.mod_revision(head_key, "=", head_kv.mod_revision if head_kv else 0),\n'
+VERSION_CMP = 'Compare.create_revision(version_key, "=", 0),\n'
+INC_CMP = 'Compare.mod_revision(inc_key, "=", inc_kv.mod_revision if inc_kv else 0),\n'
+# _classify_failure's first question: did an earlier attempt land?
+LANDED_AFTER_FAILURE = (
+    "ours = await self._landed(ns, name, now, sent[:-1]) if now is not None else None\n"
+)
+
+
+def indent(n: int, *lines: str) -> str:
+    return "".join(" " * n + line for line in lines)
+
+
+@dataclass(frozen=True)
+class Mutant:
+    id: str
+    file: str  # relative to the repository root
+    guard: str  # what the mutant breaks, in one line
+    original: str  # exact text, found exactly once in ``file``
+    replacement: str
+    tests: tuple[str, ...]  # node ids; at least one must fail
+    timeout: float = 120.0  # seconds for the whole pytest run; a hang counts as killed
+    todo: str = ""  # set: a placeholder that is listed but not run
+
+
+MUTANTS: tuple[Mutant, ...] = (
+    # --- the commit transaction's compares (store._commit_once) -------------------------------
+    Mutant(
+        id="M01",
+        file=STORE,
+        guard="commit: fencing compare (writer still holds the lock)",
+        original="        compares = [\n" + indent(12, FENCE, HEAD_CMP),
+        replacement="        compares = [\n" + indent(12, HEAD_CMP),
+        tests=(f"{T_FENCING}::test_paused_holder_commit_is_rejected_and_writes_nothing",),
+    ),
+    Mutant(
+        id="M02",
+        file=STORE,
+        guard="commit: mod_revision(head) compare (nothing moved since the read)",
+        original=indent(12, FENCE, HEAD_CMP, VERSION_CMP),
+        replacement=indent(12, FENCE, VERSION_CMP),
+        tests=(f"{T_KILLERS}::test_commit_refused_when_the_head_moved_after_it_was_read",),
+    ),
+    Mutant(
+        id="M03",
+        file=STORE,
+        guard="commit: create_revision(versions/N+1) == 0 (never overwrite a version)",
+        original=indent(12, VERSION_CMP),
+        replacement="",
+        tests=(
+            f"{T_STORE}::test_verify_reports_garbage_and_unknown_formats_without_crashing",
+            "tests/integration/test_bad_input.py"
+            "::test_garbage_version_beyond_the_head_blocks_commits_without_being_overwritten",
+        ),
+    ),
+    Mutant(
+        id="M04",
+        file=STORE,
+        guard="commit: mod_revision(incarnation) compare (uid not deleted since the read)",
+        original=indent(
+            12, "# the uid's incarnation record is as read: above all, not deleted since\n", INC_CMP
+        ),
+        replacement="",
+        tests=(f"{T_KILLERS}::test_commit_refused_when_its_uid_was_deleted_after_the_read",),
+    ),
+    # --- outcome classification ---------------------------------------------------------------
+    Mutant(
+        id="M05a",
+        file=STORE,
+        guard="_landed: head's recordChecksum must be this attempt's (replaced by True)",
+        original="            if head.record_checksum == rc:\n                return ours\n",
+        replacement="            if True:\n                return ours\n",
+        tests=(
+            f"{T_REVIEW}::test_same_generation_written_by_another_holder_is_not_claimed_as_ours",
+        ),
+    ),
+    Mutant(
+        id="M05b",
+        file=STORE,
+        guard="_landed: the stored version's bytes must be this attempt's record "
+        "(any record under the number counts, e.g. the same (uid, generation))",
+        original="                if sha256_of(kv.value) == rc:\n",
+        replacement="                if kv.value:\n",
+        tests=(
+            f"{T_REVIEW}::test_same_generation_written_by_another_holder_is_not_claimed_as_ours",
+        ),
+    ),
+    Mutant(
+        id="M05c",
+        file=STORE,
+        guard="_landed: a pruned attempt counts only if its successor's parentChecksum names it",
+        original="                    if VersionRecord.parse(nxt.value).parent_checksum == rc:\n",
+        replacement="                    if VersionRecord.parse(nxt.value).parent_checksum:\n",
+        tests=(f"{T_KILLERS}::test_a_pruned_version_of_another_holder_is_not_claimed_as_ours",),
+    ),
+    Mutant(
+        id="M06",
+        file=STORE,
+        guard="_classify_failure: landed/already-recorded checked before the lock "
+        "(else LockLost for a version that was written)",
+        original=indent(8, LANDED_AFTER_FAILURE),
+        replacement=(
+            "        _lk = lock_res.kvs if lock_res else ()\n"
+            "        if not _lk or _lk[0].create_revision != mutex.revision:\n"
+            '            self.stats["lost_locks"] += 1\n'
+            "            mutex.released_by_commit()\n"
+            '            raise LockLost(f"{ns}/{name}: the lock was lost before the commit")\n'
+            + indent(8, LANDED_AFTER_FAILURE)
+        ),
+        tests=(
+            f"{T_REVIEW}::test_an_attempt_that_lands_late_is_reported_recorded_not_lock_lost",
+            f"{T_REVIEW}::test_same_generation_written_by_another_holder_is_not_claimed_as_ours",
+        ),
+    ),
+    # --- stale incarnations -------------------------------------------------------------------
+    Mutant(
+        id="M07",
+        file=STORE,
+        guard="commit: a uid whose incarnation record says deleted never writes again",
+        original="        if (inc is not None and inc.deleted) or (\n",
+        replacement="        if False or (\n",
+        tests=(
+            f"{T_REVIEW}::test_stale_copy_of_a_deleted_uid_is_refused_after_a_foreign_tombstone",
+        ),
+    ),
+    Mutant(
+        id="M08",
+        file=STORE,
+        guard="commit: the head's own tombstone for this uid refuses it "
+        "(a tombstone without an incarnation record)",
+        original="            head is not None and head.uid == uid and head.deleted\n",
+        replacement="            False\n",
+        tests=(f"{T_KILLERS}::test_a_tombstone_without_an_incarnation_record_refuses_its_uid",),
+    ),
+    Mutant(
+        id="M09a",
+        file=STORE,
+        guard="commit: a uid the head does not name needs owner_confirmed (OwnerUnconfirmed)",
+        original="        if (head is None or head.uid != uid) and not change.owner_confirmed:\n",
+        replacement="        if False:\n",
+        tests=(
+            f"{T_STORE}::test_other_incarnation_is_refused_until_the_owner_is_confirmed",
+            f"{T_REVIEW}::test_a_uid_the_store_never_saw_needs_the_api_servers_word",
+        ),
+    ),
+    Mutant(
+        id="M09b",
+        file=RECONCILER,
+        guard="reconciler._record: the API server's uid must be the change's uid to confirm",
+        original=indent(20, 'if current is None or current["metadata"]["uid"] != change.uid:\n'),
+        replacement="                    if current is None:\n",
+        tests=(
+            f"{T_ADVERSARIAL}"
+            "::test_stale_bodies_after_delete_and_recreate_write_nothing_through_the_reconciler",
+        ),
+    ),
+    Mutant(
+        id="M10",
+        file=STORE,
+        guard="purge scope: _own_versions stops at another uid's record",
+        original="                if rec.uid != uid:\n                    return out\n",
+        replacement="",
+        tests=(
+            f"{T_KILLERS}::test_purge_without_an_incarnation_record_keeps_the_earlier_uids_history",
+        ),
+    ),
+    # --- lock keys never outlive their use (mutex.py, locks.py) --------------------------------
+    Mutant(
+        id="M11",
+        file=MUTEX,
+        guard="_abandon deletes our key also when the acquire's outcome (its revision) is unknown",
+        original="        if self.key_may_exist:\n",
+        replacement="        if self.key_may_exist and rev:\n",
+        tests=(f"{T_REVIEW}::test_acquire_that_lands_with_a_lost_reply_leaves_no_key",),
+    ),
+    Mutant(
+        id="M12",
+        file=MUTEX,
+        guard="release retries transient errors (RELEASE_ATTEMPTS > 1)",
+        original="RELEASE_ATTEMPTS = 4 ",
+        replacement="RELEASE_ATTEMPTS = 1 ",
+        tests=(f"{T_REVIEW}::test_release_that_meets_a_transient_error_is_retried",),
+    ),
+    Mutant(
+        id="M13a",
+        file=LOCKS,
+        guard="sweep deletes orphaned keys (its delete removed)",
+        original="                        [DeleteRange(kv.key)],\n",
+        replacement="                        [],\n",
+        tests=(f"{T_REVIEW}::test_acquire_abandoned_in_flight_is_swept",),
+    ),
+    Mutant(
+        id="M13b",
+        file=LOCKS,
+        guard="sweep leaves keys in use alone (in-use guard)",
+        original=(
+            "            if (ns, name) in self._local:\n"
+            "                continue  # in use: its own release path deletes it\n"
+        ),
+        replacement="",
+        tests=(f"{T_REVIEW}::test_sweep_leaves_keys_in_use_alone",),
+        timeout=20.0,  # the mutant deadlocks on the held in-process lock: a hang kills it
+    ),
+    Mutant(
+        id="M13c",
+        file=LOCKS,
+        guard="sweep deletes only this session's keys (own-lease check)",
+        original="            if not kv.key.endswith(suffix):\n                continue\n",
+        replacement="",
+        tests=(f"{T_KILLERS}::test_sweep_leaves_other_sessions_keys_alone",),
+    ),
+    Mutant(
+        id="M14",
+        file=MUTEX,
+        guard="_wait_delete: a predecessor key re-created (new create revision) is not waited for",
+        original="            if kv is None or kv.create_revision != create_revision:\n",
+        replacement="            if kv is None:\n",
+        tests=(
+            f"{T_REVIEW}"
+            "::test_waiter_is_not_stuck_behind_a_predecessor_key_recreated_after_compaction",
+        ),
+    ),
+    # --- verify -------------------------------------------------------------------------------
+    Mutant(
+        id="M15",
+        file=STORE,
+        guard="verify: head generation == newest record's generation",
+        original="            if head.generation != newest.generation:\n",
+        replacement="            if False:\n",
+        tests=(f"{T_REVIEW}::test_verify_reports_a_head_that_disagrees_with_the_newest_record",),
+    ),
+    Mutant(
+        id="M16",
+        file=STORE,
+        guard="verify: head uid == newest record's uid",
+        original="            if head.uid != newest.uid:\n",
+        replacement="            if False:\n",
+        tests=(f"{T_REVIEW}::test_verify_reports_a_head_that_disagrees_with_the_newest_record",),
+    ),
+    Mutant(
+        id="M17a",
+        file=STORE,
+        guard="verify: versions stored without a head (missing-head)",
+        original="            if records and head_kv is None:\n",
+        replacement="            if False:\n",
+        tests=(f"{T_REVIEW}::test_verify_reports_versions_without_a_head",),
+    ),
+    Mutant(
+        id="M17b",
+        file=STORE,
+        guard="verify: a version written after its uid's deletion (written-after-deletion)",
+        original=(
+            "            if ended is not None and ended.deleted and "
+            "rec.mod_revision > ended.mod_revision:\n"
+        ),
+        replacement="            if False:\n",
+        tests=(f"{T_KILLERS}::test_verify_reports_a_version_written_after_its_uids_deletion",),
+    ),
+    # --- the reader ---------------------------------------------------------------------------
+    # reader.py no longer has the per-head incarnation check (_check_incarnation): its
+    # cache is keyed by (namespace, name, version, record checksum), so a version number
+    # reused by a later incarnation after a Purge never serves the purged record. The
+    # mutant keys the cache by (namespace, name, version) again: the bug the check fixed.
+    Mutant(
+        id="M18",
+        file=READER,
+        guard="reader: cached record must be the exact record (checksum in the cache key), "
+        "not any record once stored under the version number",
+        original=(
+            "        record = self._cache.get(key)\n"
+            "        if record is not None:\n"
+            "            self._cache.move_to_end(key)\n"
+        ),
+        replacement=(
+            "        record = next((r for k, r in self._cache.items() if k[:3] == key[:3]), None)\n"
+            "        if record is not None:\n"
+        ),
+        tests=(
+            f"{T_READER}"
+            "::test_the_cache_never_serves_a_purged_incarnations_version_under_a_reused_number",
+            f"{T_READER}::test_watch_and_cache_follow_a_purge_and_recreate",
+            f"{T_READER}"
+            "::test_a_version_changed_in_etcd_after_it_was_cached_is_not_served_from_the_cache",
+        ),
+    ),
+    # --- deletion -----------------------------------------------------------------------------
+    Mutant(
+        id="M19",
+        file=STORE,
+        guard="delete: fencing compare on the tombstone transaction",
+        original=indent(16, FENCE, HEAD_CMP, INC_CMP),
+        replacement=indent(16, HEAD_CMP, INC_CMP),
+        tests=(f"{T_ADVERSARIAL}::test_a_finalize_whose_lease_expired_writes_no_tombstone",),
+    ),
+    Mutant(
+        id="M20",
+        file=STORE,
+        guard="delete: mod_revision(head) compare on the tombstone transaction",
+        original=indent(16, FENCE, HEAD_CMP, INC_CMP),
+        replacement=indent(16, FENCE, INC_CMP),
+        tests=(f"{T_KILLERS}::test_deletion_refused_when_the_head_moved_after_it_was_read",),
+    ),
+    Mutant(
+        id="M21",
+        file=STORE,
+        guard="delete: mod_revision(incarnation) compare on the tombstone transaction",
+        original=indent(16, FENCE, HEAD_CMP, INC_CMP),
+        replacement=indent(16, FENCE, HEAD_CMP),
+        tests=(
+            f"{T_KILLERS}"
+            "::test_deletion_refused_when_its_incarnation_record_changed_after_the_read",
+        ),
+    ),
+    Mutant(
+        id="M22",
+        file=STORE,
+        guard="supersede: compare on the superseded uid's incarnation record",
+        original='            Compare.mod_revision(key, "=", kv.mod_revision if kv else 0),\n',
+        replacement='            Compare.mod_revision(key, "<", 2**62),  # always true\n',
+        tests=(
+            f"{T_KILLERS}::test_supersede_refused_when_the_old_uids_record_changed_after_the_read",
+        ),
+    ),
+)
