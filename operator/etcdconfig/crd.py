@@ -2,9 +2,15 @@
 
 Pydantic's JSON Schema is turned into a structural OpenAPI v3 schema:
 references inlined, ``Optional`` as plain optional fields, free-form objects
-marked ``x-kubernetes-preserve-unknown-fields``, titles dropped. Defaults are
-left out on purpose: the operator applies them, so the stored spec stays
-byte-identical to what the user applied (no drift for GitOps tools).
+marked ``x-kubernetes-preserve-unknown-fields``, titles dropped. Descriptions
+come from the models' docstrings and field descriptions (``kubectl explain``).
+
+Defaults are left out of the schema on purpose and stated in the descriptions
+instead ("Default: 100."): the API server writes a schema default into the stored
+object, so a Config applied without ``deletionPolicy`` would come back with
+``deletionPolicy: Retain``, a field that is in no Git file -- drift for
+``kubectl diff``, Argo CD and Flux. The operator applies the same defaults (the models)
+when it reads a spec, so the stored spec stays exactly what the user applied.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ def _convert(node: Any, defs: dict[str, Any]) -> Any:
             continue
         if key == "properties":
             out[key] = {k: _convert(v, defs) for k, v in value.items()}
+        elif key == "description" and isinstance(value, str):
+            out[key] = " ".join(value.split())  # docstrings: one line for kubectl explain
         else:
             out[key] = _convert(value, defs)
     if node.get("type") == "object" and "properties" not in node:

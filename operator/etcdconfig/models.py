@@ -35,11 +35,14 @@ class History(_Strict):
         ge=1,
         le=MAX_VERSIONS_LIMIT,
         alias="maxVersions",
-        description="Versions kept in the store; the head is never pruned.",
+        description="Versions kept in the store; the head is never pruned. Default: 100.",
     )
 
 
 class ConfigMapTarget(_Strict):
+    """The ConfigMap (same namespace) the operator creates, owns and keeps equal to the
+    head's data."""
+
     name: str = Field(
         min_length=1,
         max_length=253,
@@ -51,11 +54,21 @@ class ConfigMapTarget(_Strict):
         min_length=1,
         max_length=253,
         pattern=r"^[-._a-zA-Z0-9]+$",
-        description="Key of the ConfigMap that holds the data as JSON.",
+        description="Key of the ConfigMap that holds the data as JSON (format json only). "
+        "Default: config.json.",
+    )
+    format: Literal["json", "flat"] = Field(
+        default="json",
+        description="json: the whole data as one JSON document under key. flat: one key per "
+        "top-level field of data (strings as they are, numbers, booleans and null as JSON "
+        "text, objects and arrays as JSON), for envFrom; every top-level field name must be "
+        "a valid ConfigMap key. Default: json.",
     )
 
 
 class Publish(_Strict):
+    """Where the operator publishes the head (the current version) for consumers."""
+
     config_map: ConfigMapTarget | None = Field(
         default=None,
         alias="configMap",
@@ -64,19 +77,32 @@ class Publish(_Strict):
 
 
 class ConfigSpec(_Strict):
-    data: dict[str, Any] = Field(description="The configuration itself: any JSON object.")
+    """The desired configuration. Every accepted change of it is recorded as a new,
+    immutable, checksummed version in etcd."""
+
+    data: dict[str, Any] = Field(
+        description="The configuration itself: any JSON object (at most 512 KiB as JSON). "
+        "Each change is recorded as a new version."
+    )
     schema_: dict[str, Any] | None = Field(
         default=None,
         alias="schema",
-        description="JSON Schema (draft 2020-12) that data must satisfy.",
+        description="JSON Schema (draft 2020-12) that data must satisfy; remote references "
+        "are refused. Default: none (any object).",
     )
-    history: History = Field(default_factory=History, description="Retention settings.")
+    history: History = Field(
+        default_factory=History, description="Retention of versions in the store."
+    )
     deletion_policy: Literal["Retain", "Purge"] = Field(
         default="Retain",
         alias="deletionPolicy",
-        description="Retain keeps the history in etcd on delete; Purge removes it.",
+        description="What happens to the history in etcd when the Config is deleted: "
+        "Retain keeps it, Purge removes it. Default: Retain.",
     )
-    publish: Publish | None = Field(default=None, description="Where to publish the head.")
+    publish: Publish | None = Field(
+        default=None,
+        description="Where to publish the head for consumers. Default: nowhere.",
+    )
 
 
 class Condition(_Strict):
@@ -91,14 +117,26 @@ class Condition(_Strict):
 
 
 class ConfigStatus(_Strict):
-    observed_generation: int | None = Field(default=None, alias="observedGeneration")
+    """What the operator observed and recorded; written by the operator only."""
+
+    observed_generation: int | None = Field(
+        default=None,
+        alias="observedGeneration",
+        description="The metadata.generation the status describes.",
+    )
     version: int | None = Field(default=None, description="Head version number in the store.")
     checksum: str | None = Field(default=None, description="Checksum of the head's data.")
     short_checksum: str | None = Field(
         default=None, alias="shortChecksum", description="First 12 hex digits of the checksum."
     )
-    recorded_at: str | None = Field(default=None, alias="recordedAt")
-    conditions: list[Condition] = Field(default_factory=list)
+    recorded_at: str | None = Field(
+        default=None, alias="recordedAt", description="When the head was recorded (RFC 3339)."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="kstatus conditions: Ready, Valid, Recorded, Intact, Published, "
+        "Reconciling, Stalled.",
+    )
 
 
 PRINTER_COLUMNS = [
@@ -110,4 +148,25 @@ PRINTER_COLUMNS = [
         "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
     },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    # last: it can be long (as Flux's STATUS)
+    {
+        "name": "Message",
+        "type": "string",
+        "jsonPath": '.status.conditions[?(@.type=="Ready")].message',
+    },
+    # -o wide only (priority 1)
+    {
+        "name": "Reason",
+        "type": "string",
+        "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+        "priority": 1,
+    },
+    {"name": "Generation", "type": "integer", "jsonPath": ".metadata.generation", "priority": 1},
+    {
+        "name": "Observed",
+        "type": "integer",
+        "jsonPath": ".status.observedGeneration",
+        "priority": 1,
+    },
+    {"name": "Recorded", "type": "date", "jsonPath": ".status.recordedAt", "priority": 1},
 ]

@@ -395,3 +395,75 @@ async def test_nothing_is_published_from_a_record_that_does_not_verify(
     assert config_map(plane, ns, "i-cm") is None
     warnings = events(plane, ns, "intact", "IntegrityViolation")
     assert [(e["type"], e["message"]) for e in warnings] == [("Warning", message)]
+
+
+def test_flat_format_publishes_one_key_per_top_level_field_for_env_from(
+    control_plane: ControlPlane, namespace: str, operator: OperatorProcess
+) -> None:
+    """format: flat -> one key per top-level field (usable with envFrom), with the same
+    version/checksum annotations; keys the new head no longer has are removed; a field
+    name that is no ConfigMap key stalls publishing with a reason, writing nothing."""
+    plane, ns = control_plane, namespace
+    publish = {"configMap": {"name": "flat-cm", "format": "flat"}}
+    data: dict[str, Any] = {
+        "MODE": "safe",
+        "RETRIES": 3,
+        "DEBUG": False,
+        "limits": {"cpu": 2, "burst": [1, 2]},
+    }
+    apply(plane, config_manifest("flat", ns, data, publish=publish))
+    wait_observed(plane, ns, "flat")
+    cm = wait_until(lambda: config_map(plane, ns, "flat-cm"), 30, "the ConfigMap")
+    assert cm["data"] == {
+        "MODE": "safe",
+        "RETRIES": "3",
+        "DEBUG": "false",
+        "limits": '{"burst":[1,2],"cpu":2}',
+    }
+    assert cm["metadata"]["annotations"] == {
+        "etcdconfig.io/version": "1",
+        "etcdconfig.io/checksum": checksum(data),
+    }
+
+    # a new head without a field: its key goes; a changed field: its key changes
+    data2 = {"MODE": "fast", "RETRIES": 5}
+    apply(plane, config_manifest("flat", ns, data2, publish=publish))
+    wait_observed(plane, ns, "flat")
+    cm = wait_until(
+        lambda: (
+            (c := config_map(plane, ns, "flat-cm"))
+            and c["metadata"]["annotations"]["etcdconfig.io/version"] == "2"
+            and c
+        ),
+        30,
+        "version 2 published",
+    )
+    assert cm["data"] == {"MODE": "fast", "RETRIES": "5"}
+    assert cm["metadata"]["annotations"]["etcdconfig.io/checksum"] == checksum(data2)
+    assert condition(get(plane, ns, "flat"), "Published")["status"] == "True"  # type: ignore[index]
+
+    # drift in one key is repaired at the next resync
+    plane.kubectl(
+        "patch",
+        "configmap",
+        "flat-cm",
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        json.dumps({"data": {"MODE": "tampered", "EXTRA": "x"}}),
+    )
+    wait_until(
+        lambda: (c := config_map(plane, ns, "flat-cm")) and c["data"] == cm["data"],
+        30,
+        "the drift repaired",
+    )
+
+    # a field name that cannot be a ConfigMap key: not published, and the Config says why
+    apply(plane, config_manifest("flat", ns, {"bad key": 1}, publish=publish))
+    obj = wait_observed(plane, ns, "flat", ready=False)
+    published = condition(obj, "Published")
+    assert published is not None and published["reason"] == "InvalidConfigMapKey"
+    assert '"bad key"' in published["message"] and "format json" in published["message"]
+    cm_after = config_map(plane, ns, "flat-cm")
+    assert cm_after is not None and cm_after["data"] == cm["data"]

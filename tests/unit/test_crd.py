@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -39,12 +40,65 @@ def test_schema_is_structural_and_keeps_kopf_state() -> None:
     }
     assert version["subresources"] == {"status": {}}
     assert doc["spec"]["names"]["shortNames"] == ["cfg"]
-    assert [c["name"] for c in version["additionalPrinterColumns"]] == [
+    columns = version["additionalPrinterColumns"]
+    # `kubectl get cfg`: what and whether, and why not (the Ready condition's message)
+    assert [c["name"] for c in columns if not c.get("priority")] == [
         "Version",
         "Checksum",
         "Ready",
         "Age",
+        "Message",
     ]
+    # `kubectl get cfg -o wide` adds the reason, the generations and the recording time
+    assert [c["name"] for c in columns if c.get("priority") == 1] == [
+        "Reason",
+        "Generation",
+        "Observed",
+        "Recorded",
+    ]
+    paths = {c["name"]: c["jsonPath"] for c in columns}
+    assert paths["Message"] == '.status.conditions[?(@.type=="Ready")].message'
+    assert paths["Reason"] == '.status.conditions[?(@.type=="Ready")].reason'
+    assert paths["Observed"] == ".status.observedGeneration"
+
+
+def _described(node: dict[str, Any], path: str) -> list[str]:
+    """Paths of schema nodes without a description (kubectl explain shows them empty)."""
+    missing = [] if node.get("description") else [path]
+    for key, child in (node.get("properties") or {}).items():
+        missing.extend(_described(child, f"{path}.{key}"))
+    return missing
+
+
+def test_kubectl_explain_describes_every_spec_field_and_states_its_default() -> None:
+    doc = yaml.safe_load(CRD_FILE.read_text())
+    schema = doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    spec = schema["properties"]["spec"]
+    assert _described(spec, "spec") == []
+    assert "\n" not in spec["description"]
+    # defaults are stated in words, never as schema defaults: the API server would write
+    # a schema default into every stored object (drift for kubectl diff / Argo CD / Flux)
+    fields = {
+        "history.maxVersions": spec["properties"]["history"]["properties"]["maxVersions"],
+        "deletionPolicy": spec["properties"]["deletionPolicy"],
+        "publish.configMap.key": spec["properties"]["publish"]["properties"]["configMap"][
+            "properties"
+        ]["key"],
+        "publish.configMap.format": spec["properties"]["publish"]["properties"]["configMap"][
+            "properties"
+        ]["format"],
+    }
+    parsed = parse_spec({"data": {}, "publish": {"configMap": {"name": "x"}}})
+    assert parsed.publish is not None and parsed.publish.config_map is not None
+    actual = {
+        "history.maxVersions": parsed.history.max_versions,
+        "deletionPolicy": parsed.deletion_policy,
+        "publish.configMap.key": parsed.publish.config_map.key,
+        "publish.configMap.format": parsed.publish.config_map.format,
+    }
+    for name, node in fields.items():
+        assert "default" not in node
+        assert f"Default: {actual[name]}." in node["description"], name
 
 
 def test_model_and_crd_agree_on_every_spec_field() -> None:

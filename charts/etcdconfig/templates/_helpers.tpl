@@ -57,7 +57,19 @@ app.kubernetes.io/component: etcd
 {{- end }}
 {{- end }}
 
+{{/* Fail with "msg" when a value the user must set is missing: at install, upgrade and
+template time. `helm lint` renders the chart with its own defaults, which on purpose lack
+these site-specific values; failing there only printed an INFO "funcMap fail" line. */}}
+{{- define "etcdconfig.require" -}}
+{{- if or .ctx.Release.IsInstall .ctx.Release.IsUpgrade }}
+{{- fail .msg }}
+{{- end }}
+{{- end }}
+
 {{- define "etcdconfig.image" -}}
+{{- if not .Values.image.repository }}
+{{- include "etcdconfig.require" (dict "ctx" . "msg" "set image.repository: no etcdconfig image is published; build one from the repository's Dockerfile, push it to a registry the cluster pulls from, and pass --set image.repository=<registry>/etcdconfig (see docs/install.md)") }}
+{{- end }}
 {{- $tag := default .Chart.AppVersion .Values.image.tag }}
 {{- if .Values.image.digest }}
 {{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
@@ -80,10 +92,20 @@ app.kubernetes.io/component: etcd
 {{- if .Values.etcd.bundled.enabled }}
 {{- printf "http://%s.%s.svc:2379" (include "etcdconfig.etcdName" .) .Release.Namespace }}
 {{- else }}
-{{- if not .Values.etcd.endpoints }}
-{{- fail "set etcd.endpoints (your etcd's client URLs) or etcd.bundled.enabled=true" }}
+{{- $given := .Values.etcd.endpoints }}
+{{- if kindIs "string" $given }}
+{{- $given = splitList "," $given }}
 {{- end }}
-{{- join "," .Values.etcd.endpoints }}
+{{- $endpoints := list }}
+{{- range $given }}
+{{- if trim . }}
+{{- $endpoints = append $endpoints (trim .) }}
+{{- end }}
+{{- end }}
+{{- if not $endpoints }}
+{{- include "etcdconfig.require" (dict "ctx" . "msg" "set etcd.endpoints (your etcd's client URLs) or etcd.bundled.enabled=true") }}
+{{- end }}
+{{- join "," $endpoints }}
 {{- end }}
 {{- end }}
 
@@ -102,7 +124,7 @@ app.kubernetes.io/component: etcd
 {{- define "etcdconfig.webhookSecretName" -}}
 {{- if .Values.webhook.certificate.secretName }}
 {{- .Values.webhook.certificate.secretName }}
-{{- else if eq .Values.webhook.certificate.source "certManager" }}
+{{- else if ne .Values.webhook.certificate.source "secret" }}
 {{- printf "%s-webhook-tls" (include "etcdconfig.fullname" .) }}
 {{- else }}
 {{- fail "webhook.certificate.secretName is required with webhook.certificate.source=secret" }}

@@ -21,6 +21,14 @@ The rules:
   Event. The resync loop reconciles every Config each ``resync_interval``, which
   bounds how long drift lasts; ConfigMaps are not watched.
 
+- **Two formats** (``spec.publish.configMap.format``): ``json`` (the default) writes
+  the whole data as one JSON document under ``key``; ``flat`` writes one key per
+  top-level field of the data (strings as they are, everything else as JSON text),
+  so ``envFrom`` turns them into environment variables. A top-level field whose name
+  is no valid ConfigMap key stops a flat publish (``InvalidConfigMapKey``). Either
+  way the ConfigMap carries the head's version and checksum annotations, and keys
+  the head no longer has are removed.
+
 Messages name ConfigMaps, Configs, versions and checksums, never data values.
 """
 
@@ -28,6 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +70,9 @@ CONFIG_LABEL = "etcdconfig.io/config"
 NOT_OWNED = "ConfigMapNotOwned"
 OWNED_BY_ANOTHER = "ConfigMapOwnedByAnotherConfig"
 INTEGRITY = "IntegrityViolation"
+INVALID_KEY = "InvalidConfigMapKey"
+
+_CONFIG_MAP_KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
 
 ATTEMPTS = 3  # reads of the ConfigMap when it keeps changing between our read and write
 
@@ -170,7 +182,11 @@ async def _publish_once(
     carries_head = annotations.get(VERSION_ANNOTATION) == str(head.version) and annotations.get(
         CHECKSUM_ANNOTATION
     ) == str(head.checksum)
-    content_ok = _content_checksum((cm.get("data") or {}).get(target.key)) == head.checksum
+    current: dict[str, Any] = dict(cm.get("data") or {})
+    flat = target.format == "flat"
+    # json: judged by the checksum of the key's JSON (reformatting is not drift); flat:
+    # judged against the verified head below, as flat text cannot be hashed back
+    content_ok = not flat and _content_checksum(current.get(target.key)) == head.checksum
     if carries_head and content_ok and labels.get(CONFIG_LABEL) == name:
         return None  # up to date: nothing is written
     if await _newer_published(rt, ns, name, head, annotations):
@@ -178,9 +194,15 @@ async def _publish_once(
     content = await _verified_content(rt, ns, name, target, head)
     if isinstance(content, Refusal):
         return content
+    if flat:
+        content_ok = current == content
+        if carries_head and content_ok and labels.get(CONFIG_LABEL) == name:
+            return None
+    # a merge patch: null removes the keys of an earlier head (or format) that are gone
+    data: dict[str, Any] = {k: None for k in current if k not in content} if flat else {}
     patch = {
         "metadata": {"labels": _labels(name), "annotations": _annotations(head)},
-        "data": {target.key: content},
+        "data": {**data, **content},
     }
     if not await rt.kube.patch_config_map(
         ns, target.name, patch, resource_version=str(cm_meta.get("resourceVersion") or "")
@@ -253,8 +275,8 @@ async def _newer_published(
 
 async def _verified_content(
     rt: Runtime, ns: str, name: str, target: ConfigMapTarget, head: Head
-) -> str | Refusal:
-    """The head's data as the ConfigMap holds it, from a record that verifies.
+) -> dict[str, str] | Refusal:
+    """The head's data as the ConfigMap holds it (its ``data``), from a record that verifies.
 
     The store's read verifies the record (its data against its checksum, the stored
     bytes against the head's ``recordChecksum``) and raises ``CorruptRecord``; the
@@ -290,7 +312,31 @@ async def _verified_content(
             f"run `etcdconfig verify {ns}/{name}` and repair the store",
             stalled=True,
         )
-    return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    assert isinstance(data, dict)  # checked above
+    if target.format == "flat":
+        return flat_content(data, f"{ns}/{target.name}")
+    return {target.key: json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"}
+
+
+def flat_content(data: dict[str, Any], where: str = "") -> dict[str, str] | Refusal:
+    """One ConfigMap key per top-level field: strings as they are, numbers, booleans and
+    null as their JSON text, objects and arrays as compact JSON (keys sorted)."""
+    bad = sorted(k for k in data if not _CONFIG_MAP_KEY.match(k))
+    if bad:
+        shown = ", ".join(json.dumps(k, ensure_ascii=False) for k in bad[:5])
+        return Refusal(
+            INVALID_KEY,
+            f"publish.configMap.format is flat, but the top-level field(s) {shown} of data "
+            "are no valid ConfigMap key (letters, digits, '-', '_', '.'); nothing published "
+            f"to ConfigMap {where}: rename them, or use format json",
+            stalled=True,
+        )
+    return {
+        k: v
+        if isinstance(v, str)
+        else json.dumps(v, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        for k, v in data.items()
+    }
 
 
 def _content_checksum(text: Any) -> str | None:
@@ -312,7 +358,7 @@ def _annotations(head: Head) -> dict[str, str]:
 
 
 def _new_config_map(
-    owner: dict[str, Any], target: ConfigMapTarget, head: Head, content: str
+    owner: dict[str, Any], target: ConfigMapTarget, head: Head, content: dict[str, str]
 ) -> dict[str, Any]:
     meta = owner["metadata"]
     return {
@@ -334,7 +380,7 @@ def _new_config_map(
                 }
             ],
         },
-        "data": {target.key: content},
+        "data": content,
     }
 
 
