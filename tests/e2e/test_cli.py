@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 from collections.abc import AsyncIterator
 from typing import Any
@@ -123,6 +124,7 @@ def test_show_head_given_version_and_full_record(operator: OperatorProcess, reco
         "version": 2,
         "checksum": checksum(v2),
         "data": v2,
+        "state": "live",
     }
     assert yaml.safe_load(ok(run(operator, "show", ref))) == v2  # table: the data as YAML
     doc = yaml.safe_load(ok(run(operator, "show", ref, "--version", "1", "-o", "yaml")))
@@ -134,9 +136,15 @@ def test_show_head_given_version_and_full_record(operator: OperatorProcess, reco
     assert json.loads(ok(run(operator, "show", "app", "-n", recorded, "-o", "json")))["data"] == v2
 
 
+def differ(proc: subprocess.CompletedProcess[str]) -> str:
+    """Like diff(1): exit 1 when the versions differ."""
+    assert (proc.returncode, proc.stderr) == (1, ""), proc.stderr
+    return proc.stdout
+
+
 def test_diff_between_versions(operator: OperatorProcess, recorded: str) -> None:
     ref = f"{recorded}/app"
-    out = ok(run(operator, "diff", ref, "1", "2"))
+    out = differ(run(operator, "diff", ref, "1", "2"))
     assert out.splitlines() == [
         f"--- {ref}@v1",
         f"+++ {ref}@v2",
@@ -145,10 +153,11 @@ def test_diff_between_versions(operator: OperatorProcess, recorded: str) -> None
         "-replicas: 1",
         "+replicas: 3",
     ]
-    doc = json.loads(ok(run(operator, "diff", ref, "1", "2", "-o", "json")))
+    doc = json.loads(differ(run(operator, "diff", ref, "1", "2", "-o", "json")))
     assert (doc["from"], doc["to"], doc["equal"]) == (1, 2, False)
     same = yaml.safe_load(ok(run(operator, "diff", ref, "2", "2", "-o", "yaml")))
     assert (same["equal"], same["diff"]) == (True, "")
+    assert ok(run(operator, "diff", ref, "2", "2")) == ""
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -197,22 +206,32 @@ def test_kubectl_finds_the_plugin(operator: OperatorProcess, recorded: str) -> N
     assert [v["version"] for v in json.loads(proc.stdout)["versions"]] == [2, 1]
 
 
+def no_history(op: OperatorProcess, ref: str) -> str:
+    return (
+        f"error: {ref} has no history in the store (nothing under {op.prefix}/configs/{ref}/; "
+        f"prefix {op.prefix}: check --prefix or ETCDCONFIG_ETCD_PREFIX)"
+    )
+
+
+NO_V99 = "error: e2e-cli/app has no version 99 in the store (retained: 1..2)"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("history", "e2e-cli/nope"), "error: e2e-cli/nope has no history in the store"),
-        (("show", "e2e-cli/nope"), "error: e2e-cli/nope has no recorded version"),
-        (
-            ("show", "e2e-cli/app", "--version", "99"),
-            "error: e2e-cli/app has no version 99 in the store",
-        ),
-        (("diff", "e2e-cli/app", "1", "99"), "error: e2e-cli/app has no version 99 in the store"),
+        (("history", "e2e-cli/nope"), "no-history"),
+        (("show", "e2e-cli/nope"), "no-history"),
+        (("verify", "e2e-cli/nope"), "no-history"),
+        (("show", "e2e-cli/app", "--version", "99"), NO_V99),
+        (("diff", "e2e-cli/app", "1", "99"), NO_V99),
     ],
 )
 @pytest.mark.parametrize("output", ["table", "json"])
 def test_not_found_exits_4_with_one_line(
     operator: OperatorProcess, recorded: str, args: tuple[str, ...], message: str, output: str
 ) -> None:
+    if message == "no-history":
+        message = no_history(operator, args[1])
     assert one_line_error(run(operator, *args, "-o", output), 4) == message
 
 
@@ -234,7 +253,36 @@ def test_unreachable_etcd_is_one_line_error(operator: OperatorProcess) -> None:
         env={"ETCDCONFIG_ETCD_ENDPOINTS": "127.0.0.1:1", "ETCDCONFIG_ETCD_TIMEOUT": "1"},
     )
     line = one_line_error(proc, 1)
-    assert "etcd" in line
+    assert "cannot reach etcd at 127.0.0.1:1" in line
+    assert line.endswith("[etcd endpoints 127.0.0.1:1: from ETCDCONFIG_ETCD_ENDPOINTS]")
+    flag = run(
+        operator,
+        "history",
+        "e2e-cli/app",
+        "--etcd-endpoints",
+        "127.0.0.1:1",
+        env={"ETCDCONFIG_ETCD_TIMEOUT": "1"},
+    )
+    assert one_line_error(flag, 1).endswith("[etcd endpoints 127.0.0.1:1: from --etcd-endpoints]")
+
+
+def test_no_endpoints_given_names_the_variable_and_the_flag(operator: OperatorProcess) -> None:
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 2379)) == 0:
+            pytest.skip("something listens on the default etcd port 127.0.0.1:2379")
+    env = {k: v for k, v in operator.plane.client_env().items() if not k.startswith("ETCDCONFIG_")}
+    proc = subprocess.run(
+        [str(BIN / "etcdconfig"), "history", "e2e-cli/app"],
+        env={**env, "ETCDCONFIG_ETCD_TIMEOUT": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert one_line_error(proc, 1).endswith(
+        "[etcd endpoints 127.0.0.1:2379: the default: no ETCDCONFIG_ETCD_ENDPOINTS or "
+        "--etcd-endpoints given; set ETCDCONFIG_ETCD_ENDPOINTS or pass --etcd-endpoints]"
+    )
 
 
 async def test_verify_finds_a_tampered_record_and_exits_3(

@@ -1,17 +1,20 @@
 """``etcdconfig``: run the operator; read, compare, roll back and verify history.
 
-Exit codes: 0 success; 1 error (one line on stderr, ``--debug`` for a traceback);
-2 usage error or the operator could not start; 3 an integrity problem: ``verify``
-found some, or a stored record does not match its checksum and ``show``, ``diff``
-or ``rollback`` refused to use it; 4 the Config or version does not exist.
+Exit codes: 0 success (``diff``: the versions are equal); 1 error (one line on
+stderr, ``--debug`` for a traceback; ``diff``: the versions differ); 2 usage error
+or the operator could not start; 3 an integrity problem: ``verify`` found some, or a
+stored record does not match its checksum and ``show``, ``diff`` or ``rollback``
+refused to use it; 4 the Config or version does not exist.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import difflib
 import json
+import os
 import sys
 import traceback
 from typing import TYPE_CHECKING, Any
@@ -21,10 +24,23 @@ from pydantic import ValidationError
 
 from etcdconfig import __version__
 from etcdconfig.canonical import checksum
-from etcdconfig.cli.output import console, emit, err_console, table
-from etcdconfig.errors import CorruptRecord, EtcdConfigError, NotFound
+from etcdconfig.cli.output import (
+    EXIT_ERROR,
+    EXIT_INTEGRITY,
+    EXIT_NOT_FOUND,
+    EXIT_USAGE,
+    Exit,
+    console,
+    emit,
+    err_console,
+    output_format,
+    structured,
+    table,
+)
+from etcdconfig.cli.timeline import Event, config_state, events_for, merge
+from etcdconfig.errors import CorruptRecord, EtcdConfigError, EtcdUnavailable, NotFound
 from etcdconfig.etcd import EtcdClient, prefix_end
-from etcdconfig.models import CHANGE_CAUSE_ANNOTATION, GROUP, KIND, ROLLBACK_ANNOTATION, VERSION
+from etcdconfig.models import CHANGE_CAUSE_ANNOTATION, FINALIZER, GROUP, PLURAL, ROLLBACK_ANNOTATION
 from etcdconfig.settings import Settings
 from etcdconfig.store import Head, VersionedStore, VersionRecord
 from etcdconfig.store.integrity import describe, load_record
@@ -32,13 +48,9 @@ from etcdconfig.store.integrity import describe, load_record
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-EXIT_ERROR, EXIT_USAGE, EXIT_INTEGRITY, EXIT_NOT_FOUND = 1, 2, 3, 4
+__all__ = ["EXIT_ERROR", "EXIT_INTEGRITY", "EXIT_NOT_FOUND", "EXIT_USAGE", "Exit", "main"]
 
-
-class Exit(Exception):
-    def __init__(self, code: int, message: str = "") -> None:
-        super().__init__(message)
-        self.code = code
+ENDPOINTS_HINT = "set ETCDCONFIG_ETCD_ENDPOINTS or pass --etcd-endpoints"
 
 
 def _ref(value: str, default_ns: str | None) -> tuple[str, str]:
@@ -93,36 +105,88 @@ def _settings(args: argparse.Namespace) -> Settings:
         raise Exit(EXIT_USAGE, f"invalid settings: {problems}") from None
 
 
+def _endpoints_source(args: argparse.Namespace) -> str:
+    if getattr(args, "etcd_endpoints", None):
+        return "from --etcd-endpoints"
+    if os.environ.get("ETCDCONFIG_ETCD_ENDPOINTS"):
+        return "from ETCDCONFIG_ETCD_ENDPOINTS"
+    return f"the default: no ETCDCONFIG_ETCD_ENDPOINTS or --etcd-endpoints given; {ENDPOINTS_HINT}"
+
+
 async def _with_store(
     args: argparse.Namespace, fn: Callable[[VersionedStore], Awaitable[int]]
 ) -> int:
     settings = _settings(args)
     client = EtcdClient(settings.etcd())
     try:
-        await client.connect()
+        try:
+            await client.connect()
+        except EtcdUnavailable as exc:
+            # name where the endpoints came from: the first thing to check
+            raise EtcdUnavailable(
+                f"{exc} [etcd endpoints {','.join(settings.etcd_endpoints)}: "
+                f"{_endpoints_source(args)}]"
+            ) from exc
         return await fn(VersionedStore(client, prefix=settings.etcd_prefix))
     finally:
         await client.close()
 
 
+def _no_history(store: VersionedStore, ns: str, name: str) -> NotFound:
+    return NotFound(
+        f"{ns}/{name} has no history in the store (nothing under "
+        f"{store.keys.config(ns, name)}/; prefix {store.keys.root}: check --prefix or "
+        "ETCDCONFIG_ETCD_PREFIX)"
+    )
+
+
+async def _retained(store: VersionedStore, ns: str, name: str, revision: int = 0) -> str:
+    """``retained: 3..12`` (the versions the store keeps now), or ``none retained``."""
+    start = store.keys.versions(ns, name)
+    end = prefix_end(start)
+    low = await store.client.range(start, end, limit=1, keys_only=True, revision=revision)
+    high = await store.client.range(
+        start, end, limit=1, keys_only=True, descending=True, revision=revision
+    )
+    if not low.kvs or not high.kvs:
+        return "no version is retained"
+
+    def number(key: bytes) -> str:
+        return str(int(key.decode().rsplit("/", 1)[1]))
+
+    return f"retained: {number(low.kvs[0].key)}..{number(high.kvs[0].key)}"
+
+
+def _deleted_note(ns: str, name: str, head: Head) -> str:
+    policy = "Purge" if head.purged else "Retain"
+    return f"{ns}/{name} was deleted ({policy}) at {head.recorded_at}, uid {head.uid}"
+
+
 async def _verified(
     store: VersionedStore, ns: str, name: str, version: int | None
-) -> VersionRecord:
-    """Version ``version`` of the Config (None: the head's), refused with
-    ``CorruptRecord`` unless it matches its checksum — and the head's
+) -> tuple[VersionRecord, Head | None]:
+    """Version ``version`` of the Config (None: the head's) and the head, the record
+    refused with ``CorruptRecord`` unless it matches its checksum — and the head's
     ``recordChecksum`` when it is the version the head points at. Every command that
     shows a record's data or reuses it reads through here."""
     head_kv, revision = await store.client.get(store.keys.head(ns, name))
     head = Head.parse(head_kv.value, what=f"head of {ns}/{name}") if head_kv else None
     if version is None:
-        if head is None or head.version == 0:
-            raise NotFound(f"{ns}/{name} has no recorded version")
+        if head is None:
+            raise _no_history(store, ns, name)
+        if head.version == 0:
+            raise NotFound(f"{_deleted_note(ns, name, head)}; no version remains")
         version = head.version
     # as of the head's revision, so the record is the one the head pointed at then
     kv, _ = await store.client.get(store.keys.version(ns, name, version), revision=revision)
     if kv is None:
-        raise NotFound(f"{ns}/{name} has no version {version} in the store")
-    return load_record(
+        if head is None and not (await store.history(ns, name, limit=1))[0]:
+            raise _no_history(store, ns, name)
+        raise NotFound(
+            f"{ns}/{name} has no version {version} in the store "
+            f"({await _retained(store, ns, name, revision)})"
+        )
+    record = load_record(
         kv.value,
         what=describe(ns, name, version),
         version=version,
@@ -131,6 +195,7 @@ async def _verified(
         ),
         mod_revision=kv.mod_revision,
     )
+    return record, head
 
 
 # --- commands ------------------------------------------------------------------------------
@@ -142,32 +207,72 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_main(_settings(args))
 
 
+def _origin(r: VersionRecord) -> str:
+    origin = str(r.origin.get("kind", ""))
+    if origin == "rollback":
+        origin += f" from v{r.origin.get('fromVersion')}"
+    return origin
+
+
 def cmd_history(args: argparse.Namespace) -> int:
     ns, name = _ref(args.config, args.namespace)
+    wide = args.output == "wide"
 
     async def go(store: VersionedStore) -> int:
         records, cursor = await store.history(ns, name, limit=args.limit, before=args.before)
         head = await store.head(ns, name)
-        if head is None and not records:
-            raise Exit(EXIT_NOT_FOUND, f"{ns}/{name} has no history in the store")
-        rows = [r.summary() for r in records]
-        t = table("VERSION", "GENERATION", "CHECKSUM", "RECORDED", "AUTHOR", "ORIGIN", "CAUSE")
-        for r in records:
-            origin = r.origin.get("kind", "")
-            if origin == "rollback":
-                origin += f" from v{r.origin.get('fromVersion')}"
-            mark = " (head)" if head and head.version == r.version else ""
-            t.add_row(
+        incarnations = await store.incarnations(ns, name)
+        if head is None and not records and not incarnations:
+            raise _no_history(store, ns, name)
+        state = config_state(head)
+        events = events_for(incarnations, records, head)
+        rows = merge(records, events, first_page=args.before is None)
+        doc: dict[str, Any] = {
+            "config": f"{ns}/{name}",
+            "state": state,
+            "head": head.to_json() if head is not None else None,
+            "versions": [r.summary() for r in records],
+            "events": [e.to_json() for e in rows if isinstance(e, Event)],
+            "incarnations": [inc.to_json() for inc in incarnations],
+            "next": cursor,
+        }
+        if args.output in ("table", "wide") and not records and head is not None and head.deleted:
+            # nothing to tabulate: say what happened instead of an empty table
+            sys.stdout.write(f"{_deleted_note(ns, name, head)}; no version remains\n")
+            return 0
+        columns = ["VERSION", "GENERATION", "CHECKSUM", "RECORDED", "AUTHOR", "ORIGIN", "CAUSE"]
+        if wide:
+            columns += ["UID", "RECORDED-BY", "FENCING"]
+        t = table(*columns)
+        for row in rows:
+            if isinstance(row, Event):
+                cells = ["-", "", "", row.at, "", row.label, ""]
+                t.add_row(*cells, *(["", "", ""] if wide else []))
+                continue
+            r = row
+            mark = ""
+            if head is not None and head.version == r.version:
+                mark = " (deleted)" if head.deleted else " (head)"
+            cells = [
                 f"{r.version}{mark}",
                 str(r.generation),
                 r.checksum.split(":")[-1][:12],
                 r.recorded_at,
-                r.author.get("manager", ""),
-                origin,
-                r.author.get("changeCause", ""),
-            )
-        emit({"config": f"{ns}/{name}", "versions": rows, "next": cursor}, args.output, t)
-        if cursor and args.output == "table":
+                str(r.author.get("manager", "")),
+                _origin(r),
+                str(r.author.get("changeCause", "")),
+            ]
+            if wide:
+                cells += [r.uid, r.recorded_by, str(r.fencing_revision)]
+            t.add_row(*cells)
+        emit(
+            doc,
+            args.output,
+            t,
+            names=[f"{ns}/{name}@v{r.version}" for r in records],
+            command="history",
+        )
+        if cursor and args.output in ("table", "wide"):
             err_console.print(f"[dim]more: --before {cursor}[/dim]")
         return 0
 
@@ -178,58 +283,122 @@ def cmd_show(args: argparse.Namespace) -> int:
     ns, name = _ref(args.config, args.namespace)
 
     async def go(store: VersionedStore) -> int:
-        rec = await _verified(store, ns, name, args.version or None)
-        if args.output == "table":
+        rec, head = await _verified(store, ns, name, args.version or None)
+        deleted = head is not None and head.deleted
+        note = f"{_deleted_note(ns, name, head)}; its versions remain" if deleted and head else ""
+        if args.output in ("table", "wide"):
+            if note:  # a YAML comment: visible, and the output still parses
+                sys.stdout.write(f"# {note}\n")
             out = rec.raw if args.full else rec.data
             sys.stdout.write(yaml.safe_dump(out, sort_keys=False, allow_unicode=True))
+            return 0
+        if args.full:
+            doc: dict[str, Any] = rec.raw  # the record as stored, field for field
+            if note and args.output != "name":
+                err_console.print(f"warning: {note}", markup=False, highlight=False)
         else:
-            emit(
-                rec.raw
-                if args.full
-                else {"version": rec.version, "checksum": rec.checksum, "data": rec.data},
-                args.output,
-            )
+            doc = {"version": rec.version, "checksum": rec.checksum, "data": rec.data}
+            doc["state"] = config_state(head)
+            if deleted and head is not None:
+                doc["deleted"] = {
+                    "uid": head.uid,
+                    "at": head.recorded_at,
+                    "deletionPolicy": "Purge" if head.purged else "Retain",
+                }
+        emit(doc, args.output, names=[f"{ns}/{name}@v{rec.version}"], command="show")
         return 0
 
     return asyncio.run(_with_store(args, go))
+
+
+def _schema_of(rec: VersionRecord) -> tuple[bool, str | None, Any]:
+    """(known, checksum, schema) of a record: records before the schema was recorded
+    carry neither field (not known); a record may carry only the checksum."""
+    raw = rec.raw
+    if "schema" not in raw and "schemaChecksum" not in raw:
+        return False, None, None
+    schema = raw.get("schema")
+    digest = raw.get("schemaChecksum")
+    if digest is None and schema is not None:
+        try:
+            digest = checksum(schema, "schema")
+        except EtcdConfigError:
+            digest = None
+    return True, None if digest is None else str(digest), schema
+
+
+def _schema_text(rec: VersionRecord) -> list[str]:
+    _, digest, schema = _schema_of(rec)
+    if "schema" in rec.raw:
+        body = "null\n" if schema is None else yaml.safe_dump(schema, sort_keys=True)
+    else:
+        body = f"# schema {digest} (only its checksum is in this record)\n"
+    return body.splitlines(keepends=True)
+
+
+def _print_diff(lines: list[str], no_color: bool) -> None:
+    color = console.is_terminal and not no_color
+    for line in lines:
+        if color and line.startswith(("+", "-")) and not line.startswith(("+++", "---")):
+            console.print(
+                line.rstrip("\n"),
+                style="green" if line.startswith("+") else "red",
+                highlight=False,
+                markup=False,
+            )
+        else:
+            sys.stdout.write(line if line.endswith("\n") else line + "\n")
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
     ns, name = _ref(args.config, args.namespace)
 
     async def go(store: VersionedStore) -> int:
-        a = await _verified(store, ns, name, args.a)
-        b = await _verified(store, ns, name, args.b)
+        a, _ = await _verified(store, ns, name, args.from_version)
+        b, _ = await _verified(store, ns, name, args.to_version)
         left = yaml.safe_dump(a.data, sort_keys=True, allow_unicode=True).splitlines(keepends=True)
         right = yaml.safe_dump(b.data, sort_keys=True, allow_unicode=True).splitlines(keepends=True)
+        ref = f"{ns}/{name}"
         lines = list(
-            difflib.unified_diff(
-                left, right, f"{ns}/{name}@v{a.version}", f"{ns}/{name}@v{b.version}"
-            )
+            difflib.unified_diff(left, right, f"{ref}@v{a.version}", f"{ref}@v{b.version}")
         )
-        if args.output != "table":
+        # the schema, when both records carry it (older records do not: unknown, not "changed")
+        (a_known, a_digest, _), (b_known, b_digest, _) = _schema_of(a), _schema_of(b)
+        schema_equal: bool | None = None
+        schema_lines: list[str] = []
+        if a_known and b_known:
+            schema_equal = a_digest == b_digest and (
+                a_digest is not None or a.raw.get("schema") == b.raw.get("schema")
+            )
+            if not schema_equal:
+                schema_lines = list(
+                    difflib.unified_diff(
+                        _schema_text(a),
+                        _schema_text(b),
+                        f"{ref}@v{a.version} schema",
+                        f"{ref}@v{b.version} schema",
+                    )
+                )
+        equal = a.checksum == b.checksum and schema_equal is not False
+        if args.output in ("table", "wide"):
+            _print_diff(lines, args.no_color)
+            if schema_lines:
+                sys.stdout.write("schema:\n")
+                _print_diff(schema_lines, args.no_color)
+        else:
             emit(
                 {
                     "from": a.version,
                     "to": b.version,
-                    "equal": a.checksum == b.checksum,
+                    "equal": equal,
                     "diff": "".join(lines),
+                    "schemaEqual": schema_equal,
+                    "schemaDiff": "".join(schema_lines),
                 },
                 args.output,
+                command="diff",
             )
-            return 0
-        color = console.is_terminal and not args.no_color
-        for line in lines:
-            if color and line.startswith(("+", "-")) and not line.startswith(("+++", "---")):
-                console.print(
-                    line.rstrip("\n"),
-                    style="green" if line.startswith("+") else "red",
-                    highlight=False,
-                    markup=False,
-                )
-            else:
-                sys.stdout.write(line if line.endswith("\n") else line + "\n")
-        return 0
+        return 0 if equal else 1
 
     return asyncio.run(_with_store(args, go))
 
@@ -239,11 +408,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if args.all:
             targets = await store.list_configs()
         elif args.config:
-            targets = [_ref(args.config, args.namespace)]
+            ns, name = _ref(args.config, args.namespace)
+            if (
+                await store.head(ns, name) is None
+                and not (await store.history(ns, name, limit=1))[0]
+                and not await store.incarnations(ns, name)
+            ):
+                raise _no_history(store, ns, name)
+            targets = [(ns, name)]
         else:
             raise Exit(EXIT_USAGE, "name a Config (NAMESPACE/NAME) or pass --all")
         problems = []
-        if args.output == "table" and len(targets) > 1 and console.is_terminal:
+        if args.output in ("table", "wide") and len(targets) > 1 and console.is_terminal:
             from rich.progress import track
 
             iterator = track(targets, description="verifying", console=err_console)
@@ -264,12 +440,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 for p in problems
             ],
         }
-        if args.output == "table":
+        if args.output in ("table", "wide"):
             for p in problems:
                 sys.stdout.write(f"{p}\n")
             sys.stdout.write(f"{len(targets)} checked, {len(problems)} problem(s)\n")
         else:
-            emit(result, args.output)
+            # -o name: the Configs with a problem
+            bad = sorted({f"{p.namespace}/{p.name}" for p in problems})
+            emit(result, args.output, names=bad, command="verify")
         return EXIT_INTEGRITY if problems else 0
 
     return asyncio.run(_with_store(args, go))
@@ -288,18 +466,21 @@ def cmd_locks(args: argparse.Namespace) -> int:
                     "lease": parts[-1],
                     "holder": kv.value.decode(errors="replace"),
                     "createRevision": kv.create_revision,
+                    "key": kv.key.decode(errors="replace"),
                 }
             )
         seen: set[str] = set()
-        t = table("CONFIG", "HOLDER", "LEASE", "ROLE", "REVISION")
+        wide = args.output == "wide"
+        t = table("CONFIG", "HOLDER", "LEASE", "ROLE", "REVISION", *(["KEY"] if wide else []))
         for r in rows:
             role = "holder" if r["config"] not in seen else "waiter"
             seen.add(r["config"])
             r["role"] = role
-            t.add_row(
-                str(r["config"]), str(r["holder"]), str(r["lease"]), role, str(r["createRevision"])
-            )
-        emit({"locks": rows}, args.output, t)
+            cells = [str(r["config"]), str(r["holder"]), str(r["lease"]), role]
+            cells.append(str(r["createRevision"]))
+            t.add_row(*cells, *([str(r["key"])] if wide else []))
+        names = [str(r["config"]) for r in rows if r["role"] == "holder"]
+        emit({"locks": rows}, args.output, t, names=names, command="locks")
         return 0
 
     return asyncio.run(_with_store(args, go))
@@ -310,7 +491,8 @@ def cmd_members(args: argparse.Namespace) -> int:
         base = store.keys.members()
         res = await store.client.range(base, prefix_end(base))
         rows = []
-        t = table("REPLICA", "HOST", "PID", "LEASE")
+        wide = args.output == "wide"
+        t = table("REPLICA", "HOST", "PID", "LEASE", *(["KEY"] if wide else []))
         for kv in res.kvs:
             try:
                 info = json.loads(kv.value)
@@ -321,23 +503,69 @@ def cmd_members(args: argparse.Namespace) -> int:
                 **{k: info.get(k) for k in ("host", "pid", "lease")},
             }
             rows.append(row)
-            t.add_row(row["replica"], str(row["host"]), str(row["pid"]), str(row["lease"]))
-        emit({"members": rows}, args.output, t)
+            cells = [row["replica"], str(row["host"]), str(row["pid"]), str(row["lease"])]
+            t.add_row(*cells, *([kv.key.decode(errors="replace")] if wide else []))
+        emit(
+            {"members": rows},
+            args.output,
+            t,
+            names=[str(r["replica"]) for r in rows],
+            command="members",
+        )
         return 0
 
     return asyncio.run(_with_store(args, go))
 
 
+# set by the API server (or by the operator and kubectl themselves): never in Git
+_SERVER_METADATA = (
+    "managedFields",
+    "resourceVersion",
+    "uid",
+    "creationTimestamp",
+    "generation",
+    "selfLink",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+)
+_LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def rollback_manifest(
+    obj: dict[str, Any], data: Any, annotations: dict[str, str]
+) -> dict[str, Any]:
+    """The Config ``obj`` as a user keeps it in Git, with ``spec.data`` replaced and the
+    rollback ``annotations`` set; everything else (labels, annotations, the rest of the
+    spec) as it is. Dropped: ``status`` and what the API server sets (uid,
+    resourceVersion, generation, creationTimestamp, managedFields...), the operator's
+    finalizer and kubectl's last-applied-configuration (both written by tools)."""
+    out = copy.deepcopy(obj)
+    out.pop("status", None)
+    meta = out.setdefault("metadata", {})
+    for key in _SERVER_METADATA:
+        meta.pop(key, None)
+    finalizers = [f for f in meta.get("finalizers") or [] if f != FINALIZER]
+    if finalizers:
+        meta["finalizers"] = finalizers
+    else:
+        meta.pop("finalizers", None)
+    notes = {k: v for k, v in (meta.get("annotations") or {}).items() if k != _LAST_APPLIED}
+    meta["annotations"] = {**notes, **annotations}
+    out["spec"] = {**(out.get("spec") or {}), "data": data}
+    return out
+
+
 def cmd_rollback(args: argparse.Namespace) -> int:
     ns, name = _ref(args.config, args.namespace)
     settings = _settings(args)
+    dry_run = args.dry_run if args.dry_run != "none" else None
 
     async def go(store: VersionedStore) -> int:
-        from etcdconfig.kube import JSON_PATCH, Kube, load_api_client
+        from etcdconfig.kube import JSON_PATCH, Kube, _explain, load_api_client
         from etcdconfig.validation import Validator
 
         # verified before anything else: a tampered record must never become a new version
-        target = await _verified(store, ns, name, args.to)
+        target, _ = await _verified(store, ns, name, args.to)
         kube = Kube(await load_api_client(settings.kubeconfig, settings.context))
         try:
             obj = await kube.get_config(ns, name)
@@ -353,35 +581,17 @@ def cmd_rollback(args: argparse.Namespace) -> int:
             note = json.dumps(
                 {"fromVersion": target.version, "checksum": checksum(target.data)}, sort_keys=True
             )
+            annotations = {
+                ROLLBACK_ANNOTATION: note,
+                CHANGE_CAUSE_ANNOTATION: f"rollback to version {target.version}",
+            }
+            resource = f"config.{GROUP}/{name}"  # like kubectl -o name
             if args.print:
-                manifest = {
-                    "apiVersion": f"{GROUP}/{VERSION}",
-                    "kind": KIND,
-                    "metadata": {
-                        "name": name,
-                        "namespace": ns,
-                        "annotations": {
-                            ROLLBACK_ANNOTATION: note,
-                            "etcdconfig.io/change-cause": f"rollback to version {target.version}",
-                        },
-                    },
-                    "spec": {**obj["spec"], "data": target.data},
-                }
-                emit(manifest, "json" if args.output == "json" else "yaml")
+                manifest = rollback_manifest(obj, target.data, annotations)
+                fmt = args.output if structured(args.output) else "yaml"
+                emit(manifest, fmt, command="rollback --print")
                 return 0
             current = (obj.get("spec") or {}).get("data")
-            if args.dry_run:
-                left = yaml.safe_dump(current, sort_keys=True).splitlines(keepends=True)
-                right = yaml.safe_dump(target.data, sort_keys=True).splitlines(keepends=True)
-                sys.stdout.writelines(
-                    difflib.unified_diff(
-                        left, right, f"{ns}/{name} (now)", f"{ns}/{name}@v{target.version}"
-                    )
-                )
-                sys.stdout.write(
-                    f"dry run: would roll {ns}/{name} back to version {target.version}\n"
-                )
-                return 0
             # one JSON patch: data replaced whole (a merge patch would keep removed keys),
             # guarded by resourceVersion so a concurrent change is never overwritten
             ops: list[dict[str, Any]] = [
@@ -393,10 +603,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
             ]
             if not obj["metadata"].get("annotations"):
                 ops.append({"op": "add", "path": "/metadata/annotations", "value": {}})
-            for key, value in (
-                (ROLLBACK_ANNOTATION, note),
-                (CHANGE_CAUSE_ANNOTATION, f"rollback to version {target.version}"),
-            ):
+            for key, value in annotations.items():
                 ops.append(
                     {
                         "op": "add",
@@ -405,12 +612,57 @@ def cmd_rollback(args: argparse.Namespace) -> int:
                     }
                 )
             ops.append({"op": "replace", "path": "/spec/data", "value": target.data})
-            patched = await kube.patch_config(ns, name, ops, content_type=JSON_PATCH)
-            sys.stdout.write(
-                f"{ns}/{name} rolled back to the data of version {target.version} "
-                f"(generation {patched['metadata']['generation']}); "
-                "the operator records it as a new version\n"
-            )
+            if dry_run == "server":
+                try:
+                    after = dict(
+                        await kube.custom.patch_namespaced_custom_object(
+                            GROUP,
+                            obj["apiVersion"].split("/", 1)[1],
+                            ns,
+                            PLURAL,
+                            name,
+                            ops,
+                            dry_run="All",
+                            _content_type=JSON_PATCH,  # type: ignore[call-arg]
+                        )
+                    )
+                except Exception as exc:
+                    from kubernetes_asyncio.client.exceptions import ApiException
+
+                    if isinstance(exc, ApiException):
+                        raise _explain(exc, f"patch Config {ns}/{name} (server dry run)") from exc
+                    raise
+            elif dry_run == "client":
+                after = copy.deepcopy(obj)
+                after["metadata"]["annotations"] = {
+                    **(obj["metadata"].get("annotations") or {}),
+                    **annotations,
+                }
+                after["spec"] = {**(obj.get("spec") or {}), "data": target.data}
+            else:
+                after = await kube.patch_config(ns, name, ops, content_type=JSON_PATCH)
+            if dry_run and args.output in ("table", "wide"):
+                left = yaml.safe_dump(current, sort_keys=True).splitlines(keepends=True)
+                right = yaml.safe_dump(target.data, sort_keys=True).splitlines(keepends=True)
+                sys.stdout.writelines(
+                    difflib.unified_diff(
+                        left, right, f"{ns}/{name} (now)", f"{ns}/{name}@v{target.version}"
+                    )
+                )
+                sys.stdout.write(
+                    f"dry run ({dry_run}): would roll {ns}/{name} back to version "
+                    f"{target.version}\n"
+                )
+                return 0
+            if args.output in ("table", "wide"):
+                sys.stdout.write(
+                    f"{ns}/{name} rolled back to the data of version {target.version} "
+                    f"(generation {after['metadata']['generation']}); "
+                    "the operator records it as a new version\n"
+                )
+                return 0
+            # like kubectl patch -o json: the object (as it is, or would be after a dry run)
+            emit(after, args.output, names=[resource], command="rollback")
             return 0
         finally:
             await kube.close()
@@ -419,7 +671,15 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_version(args: argparse.Namespace) -> int:
-    emit({"version": __version__}, args.output if args.output != "table" else "yaml")
+    fmt = args.output if args.output not in ("table", "wide", "name") else "yaml"
+    emit({"version": __version__}, fmt)
+    return 0
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    from etcdconfig.cli.completion import script
+
+    sys.stdout.write(script(build_parser(), args.shell))
     return 0
 
 
@@ -431,16 +691,51 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 # --- parser ----------------------------------------------------------------------------------
 
+# flags every command takes, before or after the command name (like kubectl): defaults
+# are filled in after parsing, so a value given before the command is never reset
+GLOBAL_DEFAULTS: dict[str, Any] = {
+    "debug": False,
+    "output": "table",
+    "namespace": None,
+    "etcd_endpoints": None,
+    "etcd_prefix": None,
+    "etcd_ca_file": None,
+    "etcd_cert_file": None,
+    "etcd_key_file": None,
+    "etcd_username": None,
+    "etcd_password": None,
+}
 
-def _etcd_flags(p: argparse.ArgumentParser) -> None:
+
+def _global_flags(p: argparse.ArgumentParser) -> None:
+    s = argparse.SUPPRESS
+    p.add_argument("--debug", action="store_true", default=s, help="show tracebacks")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=output_format,
+        default=s,
+        metavar="FORMAT",
+        help="table (default), wide, json, yaml, name, or jsonpath=TEMPLATE",
+    )
+    p.add_argument("-n", "--namespace", default=s, help="namespace for a bare NAME")
     g = p.add_argument_group("etcd (defaults from ETCDCONFIG_* environment variables)")
-    g.add_argument("--etcd-endpoints", dest="etcd_endpoints", help="comma-separated host:port list")
-    g.add_argument("--prefix", dest="etcd_prefix", help="key prefix (default /etcdconfig)")
-    g.add_argument("--etcd-ca-file", dest="etcd_ca_file")
-    g.add_argument("--etcd-cert-file", dest="etcd_cert_file")
-    g.add_argument("--etcd-key-file", dest="etcd_key_file")
-    g.add_argument("--etcd-username", dest="etcd_username")
-    g.add_argument("--etcd-password", dest="etcd_password", help="prefer ETCDCONFIG_ETCD_PASSWORD")
+    g.add_argument(
+        "--etcd-endpoints",
+        dest="etcd_endpoints",
+        default=s,
+        help="comma-separated host:port list (ETCDCONFIG_ETCD_ENDPOINTS)",
+    )
+    g.add_argument(
+        "--prefix", dest="etcd_prefix", default=s, help="key prefix (default /etcdconfig)"
+    )
+    g.add_argument("--etcd-ca-file", dest="etcd_ca_file", default=s)
+    g.add_argument("--etcd-cert-file", dest="etcd_cert_file", default=s)
+    g.add_argument("--etcd-key-file", dest="etcd_key_file", default=s)
+    g.add_argument("--etcd-username", dest="etcd_username", default=s)
+    g.add_argument(
+        "--etcd-password", dest="etcd_password", default=s, help="prefer ETCDCONFIG_ETCD_PASSWORD"
+    )
 
 
 def _kube_flags(p: argparse.ArgumentParser) -> None:
@@ -448,22 +743,29 @@ def _kube_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context")
 
 
+def _count(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="etcdconfig", description=__doc__.split("\n")[0] if __doc__ else None
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True)
+    _global_flags(parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(
-        name: str, fn: Callable[[argparse.Namespace], int], help_: str, *, store: bool = True
+        name: str, fn: Callable[[argparse.Namespace], int], help_: str
     ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(fn=fn)
-        p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
-        p.add_argument("-n", "--namespace")
-        if store:
-            _etcd_flags(p)
+        _global_flags(p)
         return p
 
     p = command("run", cmd_run, "run the operator")
@@ -485,20 +787,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", dest="log_format", choices=("json", "text"))
     p.add_argument("--log-level", dest="log_level", choices=("debug", "info", "warning", "error"))
 
-    p = command("history", cmd_history, "list the recorded versions of a Config, newest first")
+    p = command(
+        "history",
+        cmd_history,
+        "list the recorded versions of a Config, newest first, with its deletions and re-creations",
+    )
     p.add_argument("config", metavar="NAMESPACE/NAME")
-    p.add_argument("--limit", type=int, default=50)
-    p.add_argument("--before", type=int, help="page: versions older than this one")
+    p.add_argument("--limit", type=_count, default=50, help="versions per page (at least 1)")
+    p.add_argument("--before", type=_count, help="page: versions older than this one")
 
     p = command("show", cmd_show, "print the data of a version (default: the head)")
     p.add_argument("config", metavar="NAMESPACE/NAME")
-    p.add_argument("--version", type=int)
-    p.add_argument("--full", action="store_true", help="the whole record, not just the data")
+    p.add_argument("--version", type=_count)
+    p.add_argument(
+        "--full", action="store_true", help="the whole record (author, checksums, schema...)"
+    )
 
-    p = command("diff", cmd_diff, "unified YAML diff between two versions")
+    p = command(
+        "diff",
+        cmd_diff,
+        "unified YAML diff between two versions (data, and the schema where recorded); "
+        "exit 0 if equal, 1 if they differ",
+    )
     p.add_argument("config", metavar="NAMESPACE/NAME")
-    p.add_argument("a", type=int)
-    p.add_argument("b", type=int)
+    p.add_argument("from_version", metavar="FROM", type=_count, help="the older version")
+    p.add_argument("to_version", metavar="TO", type=_count, help="the newer version")
     p.add_argument("--no-color", action="store_true")
 
     p = command(
@@ -507,9 +820,15 @@ def build_parser() -> argparse.ArgumentParser:
         "roll a Config back to the data of version N (records a new version)",
     )
     p.add_argument("config", metavar="NAMESPACE/NAME")
-    p.add_argument("--to", type=int, required=True)
+    p.add_argument("--to", type=_count, required=True, metavar="N")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--dry-run", action="store_true", help="show the change, apply nothing")
+    mode.add_argument(
+        "--dry-run",
+        choices=("none", "client", "server"),
+        default="none",
+        help="client (also a bare --dry-run): show the change, send nothing; server: "
+        "send it to the API server as a dry run (admission checks it), persist nothing",
+    )
     mode.add_argument("--print", action="store_true", help="print the manifest to commit (GitOps)")
     _kube_flags(p)
 
@@ -519,7 +838,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("locks", cmd_locks, "show lock holders and waiters")
     command("members", cmd_members, "show live operator replicas")
-    command("version", cmd_version, "print the version", store=False)
+    command("version", cmd_version, "print the version")
+    p = command("completion", cmd_completion, "print a shell completion script")
+    p.add_argument("shell", choices=("bash", "zsh"))
 
     p = sub.add_parser(
         "dev", help="local control plane for development (up|down|status|env)", add_help=False
@@ -536,12 +857,21 @@ def _error(exc: BaseException) -> None:
     err_console.print(f"error: {text}", markup=False, highlight=False, soft_wrap=True)
 
 
+def parse(argv: list[str]) -> argparse.Namespace:
+    # a bare --dry-run means client (like kubectl); --dry-run=VALUE needs the "="
+    argv = ["--dry-run=client" if a == "--dry-run" else a for a in argv]
+    args = build_parser().parse_args(argv)
+    for key, value in GLOBAL_DEFAULTS.items():
+        if not hasattr(args, key):
+            setattr(args, key, value)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["dev"]:  # everything after `dev` (even --help) belongs to the dev CLI
         return cmd_dev(argparse.Namespace(dev_args=argv[1:]))
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(argv)
     try:
         return int(args.fn(args))
     except Exit as exc:

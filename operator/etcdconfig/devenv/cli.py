@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import signal
 import sys
@@ -66,11 +67,29 @@ def build_parser(prog: str = "python -m etcdconfig.devenv") -> argparse.Argument
         )
     status = sub.add_parser("status", help="show processes, readiness, memory and logs")
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    sub.add_parser("env", help="print shell exports (KUBECONFIG, PATH, etcd endpoint)")
+    sub.add_parser(
+        "env",
+        help="print shell exports (KUBECONFIG, PATH with kubectl, helm and etcdconfig, "
+        "ETCDCONFIG_ETCD_ENDPOINTS)",
+    )
     user = sub.add_parser("user", help="write a kubeconfig for a non-admin user")
     user.add_argument("name")
     user.add_argument("--group", action="append", default=[], help="a group (repeatable)")
     return parser
+
+
+def _shell_env(plane: ControlPlane) -> dict[str, str]:
+    """What ``env`` exports: the cluster's KUBECONFIG; PATH with kubectl and helm and this
+    Python environment's scripts (``etcdconfig``, and ``kubectl-etcdconfig`` so that
+    ``kubectl etcdconfig`` resolves); and ETCDCONFIG_ETCD_ENDPOINTS, which the
+    ``etcdconfig`` CLI reads (the demo's operator keeps its store in this etcd)."""
+    env = plane.env()
+    scripts = str(Path(sys.executable).parent)
+    path = [str(plane.state_dir / "bin"), scripts]
+    rest = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p not in path]
+    env["PATH"] = os.pathsep.join([*path, *rest])
+    env["ETCDCONFIG_ETCD_ENDPOINTS"] = plane.etcd_endpoint
+    return env
 
 
 def _print_status(status: dict[str, object]) -> None:
@@ -151,7 +170,7 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m etcdconfig.dev
                 _print_status(status)
             return 0 if status["ready"] else 1
         elif args.command == "env":
-            for key, value in plane.env().items():
+            for key, value in _shell_env(plane).items():
                 print(f"export {key}={shlex.quote(value)}")
         elif args.command == "user":
             print(plane.add_user(args.name, args.group))
