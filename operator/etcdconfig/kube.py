@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 import os
+import re
 import uuid
 from typing import Any
 
@@ -31,9 +33,42 @@ class KubeError(EtcdConfigError):
     """The Kubernetes API refused or could not be reached; the message says which."""
 
 
+# the API server's RBAC refusal: `… is forbidden: User "alice" cannot patch resource
+# "configs" in API group "etcdconfig.io" in the namespace "default"`
+_FORBIDDEN = re.compile(
+    r'User "(?P<user>[^"]*)" cannot (?P<verb>[\w-]+) resource "(?P<resource>[^"]*)"'
+    r'(?: in API group "(?P<group>[^"]*)")?(?: in the namespace "(?P<namespace>[^"]*)")?'
+)
+
+
+def _status_message(exc: ApiException) -> str:
+    """The ``message`` of the API server's Status body ('' when there is none)."""
+    raw: Any = exc.body
+    body = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    if not isinstance(body, str) or not body:
+        return ""
+    try:
+        status = json.loads(body)
+    except ValueError:
+        return ""
+    message = status.get("message") if isinstance(status, dict) else None
+    return message if isinstance(message, str) else ""
+
+
 def _explain(exc: ApiException, what: str) -> KubeError:
     if exc.status == 403:
-        return KubeError(f"{what}: forbidden by RBAC ({exc.reason})")
+        m = _FORBIDDEN.search(_status_message(exc))
+        if m is None:
+            return KubeError(f"{what}: forbidden by RBAC ({exc.reason})")
+        resource = m["resource"] + (f".{m['group']}" if m["group"] else "")
+        where = f' in namespace "{m["namespace"]}"' if m["namespace"] else " cluster-wide"
+        return KubeError(
+            f'{what}: forbidden by RBAC: user "{m["user"]}" may not {m["verb"]} '
+            f"{resource}{where} (grant the verb with a Role/RoleBinding, "
+            f"or check with `kubectl auth can-i {m['verb']} {resource}"
+            + (f" -n {m['namespace']}" if m["namespace"] else "")
+            + f" --as {m['user']}`)"
+        )
     if exc.status == 404:
         return KubeError(f"{what}: not found")
     return KubeError(f"{what}: HTTP {exc.status} {exc.reason}")

@@ -87,9 +87,29 @@ def format_issues(issues: list[ValidationIssue]) -> str:
     return text
 
 
-def author_of(meta: dict[str, Any]) -> dict[str, Any]:
-    """Who changed the spec: the newest managedFields entry that touched ``spec``,
-    plus the ``etcdconfig.io/change-cause`` annotation."""
+def author_of(
+    meta: dict[str, Any],
+    *,
+    note: dict[str, Any] | None = None,
+    previous: dict[str, Any] | None = None,
+    origin: dict[str, Any] | None = None,
+    previous_origin: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Who changed the spec, and why (docs/configs.md, "Audit").
+
+    - ``manager``/``operation``/``time``: the newest managedFields entry that touched
+      ``spec`` (the client program, e.g. ``kubectl-patch``; always there).
+    - ``user``/``groups`` with ``source: admission``: the authenticated user of the
+      request, from the admission webhook's ``note`` (``etcdconfig.audit``); without a
+      note (webhook off, or its note lost) ``source: fieldManager`` and no user.
+    - ``changeCause``: the ``etcdconfig.io/change-cause`` annotation, only when it
+      belongs to this change; an annotation left over from an earlier change is kept
+      as ``inheritedChangeCause`` instead. It belongs to this change when this is the
+      uid's first version (``previous`` None), when the admission note says the
+      request set it, when it differs from the cause in force at the previous version
+      (``previous``: that version's author), or when this is a rollback the previous
+      version was not (a repeated ``rollback --to N`` writes the same text).
+    """
     author: dict[str, Any] = {}
     entries = [
         e
@@ -102,10 +122,40 @@ def author_of(meta: dict[str, Any]) -> dict[str, Any]:
         author["operation"] = newest.get("operation", "")
         if newest.get("time"):
             author["time"] = newest["time"]
+    if note is not None:
+        author["user"] = str(note.get("user", ""))
+        author["groups"] = [str(g) for g in note.get("groups") or []]
+        author["source"] = "admission"
+    else:
+        author["source"] = "fieldManager"
     cause = (meta.get("annotations") or {}).get(CHANGE_CAUSE_ANNOTATION)
     if cause:
-        author["changeCause"] = str(cause)[:1024]
+        cause = str(cause)[:1024]
+        if _cause_is_new(cause, note, previous, origin, previous_origin):
+            author["changeCause"] = cause
+        else:
+            author["inheritedChangeCause"] = cause
     return author
+
+
+def cause_in_force(author: dict[str, Any]) -> str | None:
+    """The change-cause annotation's value when a version was recorded (set or inherited)."""
+    value = author.get("changeCause") or author.get("inheritedChangeCause")
+    return None if value is None else str(value)
+
+
+def _cause_is_new(
+    cause: str,
+    note: dict[str, Any] | None,
+    previous: dict[str, Any] | None,
+    origin: dict[str, Any] | None,
+    previous_origin: dict[str, Any] | None,
+) -> bool:
+    if previous is None or (note is not None and note.get("changeCauseSet")):
+        return True
+    if cause != cause_in_force(previous):
+        return True
+    return bool(origin and origin.get("kind") == "rollback" and origin != previous_origin)
 
 
 def origin_of(meta: dict[str, Any], data_checksum: str) -> dict[str, Any]:

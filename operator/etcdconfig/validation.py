@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import json
 import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
@@ -230,21 +231,64 @@ def _rule(err: jsonschema.exceptions.ValidationError) -> str:
     if kw in ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties"):
         return f"violates {kw} {expected!r}"
     if kw == "enum":
-        shown = expected if isinstance(expected, list) and len(expected) <= 10 else "the enum"
-        return (
-            f"must be one of {shown!r}" if shown != "the enum" else "must be one of the enum values"
-        )
+        if isinstance(expected, list) and len(expected) <= 10:
+            return f"must be one of {_json_values(expected)}"
+        return "must be one of the enum values"
     if kw == "const":
         return "must equal the schema's const value"
     if kw == "pattern":
         return f"does not match pattern {expected!r}"
     if kw == "format":
         return f"is not a valid {expected!r}"
-    if kw in ("oneOf", "anyOf", "allOf", "not"):
+    if kw in ("oneOf", "anyOf"):
+        return _alternatives(err, kw)
+    if kw in ("allOf", "not"):
         return f"does not satisfy {kw}"
     if kw == "uniqueItems":
         return "items must be unique"
     return f"violates {kw!r}"
+
+
+def _json_values(values: list[Any]) -> str:
+    """Enum members as JSON (``"a", 1, null``), never as a Python list."""
+    return ", ".join(json.dumps(v, ensure_ascii=False, sort_keys=True) for v in values)
+
+
+# the metaschema's ``type`` keyword: a simple type or an array of them
+_SIMPLE_TYPES_ANY_OF = [
+    {"$ref": "#/$defs/simpleTypes"},
+    {"type": "array", "items": {"$ref": "#/$defs/simpleTypes"}, "minItems": 1, "uniqueItems": True},
+]
+_TYPE_ANY_OF = (
+    'is not a JSON Schema type: use one of "array", "boolean", "integer", "null", '
+    '"number", "object", "string", or an array of them'
+)
+
+
+def _alternatives(err: jsonschema.exceptions.ValidationError, kw: str) -> str:
+    """``anyOf``/``oneOf``: what each alternative required, so the user sees what is
+    allowed (the sub-errors' own rules, which name no instance value)."""
+    if err.validator_value == _SIMPLE_TYPES_ANY_OF and list(err.path)[-1:] == ["type"]:
+        return _TYPE_ANY_OF
+    branches: dict[int, list[str]] = {}
+    for sub in err.context or []:
+        if not sub.relative_schema_path:
+            continue
+        branch = sub.relative_schema_path[0]
+        if isinstance(branch, int):
+            where = json_path(tuple(sub.relative_path), "") if sub.relative_path else ""
+            rule = f"{where.lstrip('.')}: {_rule(sub)}" if where else _rule(sub)
+            branches.setdefault(branch, []).append(rule)
+    count = len(err.validator_value) if isinstance(err.validator_value, list) else 0
+    if kw == "oneOf" and len(branches) < count:
+        return f"must satisfy exactly one of the {count} oneOf alternatives, not several"
+    if not branches:
+        return f"does not satisfy {kw}"
+    described = "; ".join(
+        f"({i + 1}) {', '.join(dict.fromkeys(rules))}" for i, rules in sorted(branches.items())
+    )
+    need = "any" if kw == "anyOf" else "exactly one"
+    return f"does not satisfy {kw} ({need} of: {described})"
 
 
 def _json_type(v: Any) -> str:

@@ -23,6 +23,11 @@ from etcdconfig.errors import CorruptRecord, InvalidConfig, RequestTooLarge
 from etcdconfig.etcd import EtcdClient, EtcdSettings, prefix_end
 from etcdconfig.store import ChangeRequest, Problem, VersionedStore
 
+TYPE_HINT = (
+    'is not a JSON Schema type: use one of "array", "boolean", "integer", "null", '
+    '"number", "object", "string", or an array of them'
+)
+
 NS, NAME = "prod", "payments"
 NON_FINITE = (
     "NaN or Infinity is not valid JSON (a number beyond the IEEE double range, such as "
@@ -127,7 +132,7 @@ STORE_MATRIX: list[tuple[str, Any, Any, str, list[str]]] = [
         {"a": 1},
         {"type": 7},
         "InvalidSchema",
-        ["schema.type: does not satisfy anyOf"],
+        ["schema.type: " + TYPE_HINT],
     ),
     (
         "schema-remote-ref",

@@ -69,6 +69,8 @@ async def test_first_commit_records_version_one_with_exact_record(
         "recordedBy",
         "author",
         "origin",
+        "schema",
+        "schemaChecksum",
         "fencingRevision",
     }
     assert record["format"] == 1
@@ -76,6 +78,7 @@ async def test_first_commit_records_version_one_with_exact_record(
     assert record["parentChecksum"] is None
     assert record["recordedBy"] == "test-replica"
     assert record["origin"] == {"kind": "apply"}
+    assert record["schema"] is None and record["schemaChecksum"] is None  # no schema given
     assert record["fencingRevision"] > 0
     head = json.loads((await client.get(f"{prefix}/configs/prod/payments/head".encode()))[0].value)  # type: ignore[union-attr]
     assert head["version"] == 1

@@ -23,6 +23,11 @@ from etcdconfig.validation import (
     check_schema,
 )
 
+TYPE_HINT = (
+    'is not a JSON Schema type: use one of "array", "boolean", "integer", "null", '
+    '"number", "object", "string", or an array of them'
+)
+
 SECRET = "hunter2-SECRET"
 
 
@@ -116,7 +121,7 @@ MATRIX: list[tuple[str, Any, str, list[str]]] = [
         "InvalidSchema",
         [
             "spec.schema.minimum: must be of type 'number', got string",
-            "spec.schema.type: does not satisfy anyOf",
+            "spec.schema.type: " + TYPE_HINT,
         ],
     ),
     (

@@ -63,6 +63,7 @@ def test_author_is_the_newest_spec_manager_plus_change_cause() -> None:
         "manager": "argocd",
         "operation": "Update",
         "time": "2026-01-02T00:00:00Z",
+        "source": "fieldManager",
         "changeCause": "raise limits",
     }
 

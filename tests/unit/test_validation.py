@@ -24,7 +24,7 @@ def test_every_error_is_reported_with_its_path_and_without_the_value() -> None:
     assert [str(i) for i in issues] == [
         "data: additional properties are not allowed: 'extra'",
         "data.hosts[1]: does not match pattern '^[a-z]+$'",
-        "data.mode: must be one of ['a', 'b']",
+        'data.mode: must be one of "a", "b"',
         "data.port: violates maximum 65535",
     ]
     assert "SECRET" not in " ".join(str(i) for i in issues)

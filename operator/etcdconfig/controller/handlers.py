@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp.web
 import kopf
 
+from etcdconfig.audit import AuthorBook, note_admission
 from etcdconfig.controller.reconciler import Reconciler, RetryLater
 from etcdconfig.errors import EtcdConfigError, InvalidConfig
 from etcdconfig.models import GROUP, PLURAL, VERSION
@@ -105,16 +106,50 @@ def build_registry(runtime: Runtime, reconciler: Reconciler) -> kopf.OperatorReg
     if not runtime.settings.webhook_enabled:
         return registry
 
+    book = AuthorBook(runtime.client, runtime.settings.etcd_prefix)
+
     @kopf.on.validate(*RESOURCE, registry=registry, id=WEBHOOK_ID)
-    def validate(spec: kopf.Spec, **_: Any) -> None:
-        try:
-            issues = validate_spec(parse_spec(dict(spec)), runtime.validator)
-        except InvalidConfig as exc:
-            issues = exc.issues
+    async def validate(
+        spec: kopf.Spec, body: kopf.Body, userinfo: kopf.UserInfo, dryrun: bool, **kw: Any
+    ) -> None:
+        def check() -> list[Any]:
+            try:
+                return validate_spec(parse_spec(dict(spec)), runtime.validator)
+            except InvalidConfig as exc:
+                return exc.issues
+
+        # off the event loop, as when this handler was synchronous (kopf ran it in a
+        # thread): a slow schema must not delay the session's keep-alives
+        issues = await asyncio.to_thread(check)
         if issues:
             raise kopf.AdmissionError(f"{issue_reason(issues)}: {format_issues(issues)}", code=422)
+        if not dryrun:
+            # who made the change, for the replica that records it (docs/configs.md);
+            # never raises: an admission never fails because of audit bookkeeping
+            old = kw.get("old")
+            await note_admission(
+                book,
+                operation=str(kw.get("operation") or ""),
+                userinfo=dict(userinfo),
+                body=_plain_admission(body),
+                old=None if old is None else _plain_admission(old),
+            )
 
     return registry
+
+
+def _plain_admission(body: kopf.Body) -> dict[str, Any]:
+    meta = body.metadata
+    return {
+        "metadata": {
+            "namespace": meta.namespace,
+            "name": meta.name,
+            "uid": meta.uid,
+            "generation": meta.get("generation"),
+            "annotations": dict(meta.annotations),
+        },
+        "spec": dict(body.spec),
+    }
 
 
 def _plain(body: kopf.Body) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from etcdconfig import metrics
+from etcdconfig.audit import AuthorBook
 from etcdconfig.canonical import checksum
 from etcdconfig.errors import (
     Conflict,
@@ -22,6 +23,7 @@ from etcdconfig.errors import (
     UnsupportedFormat,
 )
 from etcdconfig.kube import KubeError
+from etcdconfig.models import CHANGE_CAUSE_ANNOTATION
 from etcdconfig.reconcile import (
     author_of,
     format_issues,
@@ -58,16 +60,26 @@ def _condition(status: dict[str, Any], type_: str) -> dict[str, Any] | None:
 class Reconciler:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
+        self._book: AuthorBook | None = None
 
     async def reconcile(
         self, body: dict[str, Any], *, trigger: str, retry: int = 0
     ) -> dict[str, Any] | None:
         """Return the status to patch (None: nothing to say, e.g. the object is gone)."""
         started = time.monotonic()
+        ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
         try:
-            return await self._reconcile(body, retry)
+            status = await self._reconcile(body, retry)
+        except RetryLater as exc:
+            metrics.set_config_state(ns, name, exc.status)  # etcdconfig_config_state
+            raise
         finally:
             metrics.RECONCILE.labels(trigger).observe(time.monotonic() - started)
+        if body["metadata"].get("deletionTimestamp"):
+            metrics.forget_config(ns, name)
+        else:
+            metrics.set_config_state(ns, name, status)
+        return status
 
     async def _reconcile(self, body: dict[str, Any], retry: int) -> dict[str, Any] | None:
         rt = self.rt
@@ -115,18 +127,19 @@ class Reconciler:
             )
 
         data_checksum = checksum(spec.data)
-        change = ChangeRequest(
-            namespace=ns,
-            name=name,
-            uid=uid,
-            generation=generation,
-            data=spec.data,
-            schema=spec.schema_,
-            author=author_of(meta),
-            origin=origin_of(meta, data_checksum),
-            max_versions=spec.history.max_versions,
-        )
+        origin = origin_of(meta, data_checksum)
         try:
+            change = ChangeRequest(
+                namespace=ns,
+                name=name,
+                uid=uid,
+                generation=generation,
+                data=spec.data,
+                schema=spec.schema_,
+                author=await self._author(body, mine, generation, origin),
+                origin=origin,
+                max_versions=spec.history.max_versions,
+            )
             result = await self._record(change)
         except InvalidConfig as exc:
             return await self._invalid(
@@ -170,6 +183,41 @@ class Reconciler:
             recorded_at=result.head.recorded_at,
             recorded_now=result.recorded,
             published_to=published_to,
+        )
+
+    async def _author(
+        self, body: dict[str, Any], mine: Head | None, generation: int, origin: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The record's ``author`` (``reconcile.author_of``): the admission webhook's note
+        for exactly this object state (``etcdconfig.audit``), and, when a change-cause
+        annotation is present, the author and origin of the uid's previous version."""
+        rt = self.rt
+        assert rt.store is not None
+        meta = body["metadata"]
+        ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        if self._book is None:
+            self._book = AuthorBook(rt.client, rt.settings.etcd_prefix)
+        note: dict[str, Any] | None = None
+        try:
+            note = await self._book.lookup(ns, name, uid, body.get("spec"), generation)
+        except (EtcdPermissionDenied, InvalidConfig) as exc:
+            # audit fails open: a note the operator may not read (or a spec with no
+            # canonical form, which validation refuses anyway) records the field manager
+            # only; etcd being away is retried like the commit it precedes
+            log.warning(
+                "cannot read the admission note of a change; recording its field manager only",
+                extra={"config": f"{ns}/{name}", "error": f"{type(exc).__name__}: {exc}"},
+            )
+        previous: dict[str, Any] | None = None
+        previous_origin: dict[str, Any] | None = None
+        cause = (meta.get("annotations") or {}).get(CHANGE_CAUSE_ANNOTATION)
+        if cause and mine is not None and not (note and note.get("changeCauseSet")):
+            record = await rt.store.get_version(
+                ns, name, mine.version, expected_record_checksum=mine.record_checksum
+            )
+            previous, previous_origin = record.author, record.origin
+        return author_of(
+            meta, note=note, previous=previous, origin=origin, previous_origin=previous_origin
         )
 
     async def _record(self, change: ChangeRequest) -> CommitResult | None:

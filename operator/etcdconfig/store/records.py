@@ -200,6 +200,23 @@ class VersionRecord:
         return o if isinstance(o, dict) else {}
 
     @property
+    def schema(self) -> Any:
+        """The Config's ``spec.schema`` when this version was recorded (None: no schema,
+        or a record written before schemas were recorded: see ``has_schema``)."""
+        return self.raw.get("schema")
+
+    @property
+    def schema_checksum(self) -> str | None:
+        """``sha256:`` of the schema's RFC 8785 form (None: no schema, or not recorded)."""
+        v = self.raw.get("schemaChecksum")
+        return None if v is None else str(v)
+
+    @property
+    def has_schema(self) -> bool:
+        """False for records written before the schema was part of the record."""
+        return "schemaChecksum" in self.raw
+
+    @property
     def fencing_revision(self) -> int:
         return int(self.raw.get("fencingRevision", 0))
 

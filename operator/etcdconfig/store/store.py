@@ -372,6 +372,8 @@ class VersionedStore:
             "recordedBy": self.replica_id,
             "author": change.author,
             "origin": change.origin,
+            "schema": change.schema,
+            "schemaChecksum": None if change.schema is None else checksum(change.schema, "schema"),
             "fencingRevision": mutex.revision,
         }
         record_raw = canonical_object(
