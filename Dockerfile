@@ -19,7 +19,7 @@ COPY operator/ operator/
 # the venv has no pip of its own: the build stage's pip installs into it
 RUN python -m venv --without-pip /opt/venv \
     && python -m pip wheel --no-deps --wheel-dir /wheels . \
-    && python -m pip --python /opt/venv/bin/python install --no-cache-dir /wheels/etcdconfig-*.whl \
+    && python -m pip --python /opt/venv/bin/python install --no-cache-dir "$(echo /wheels/etcdconfig-*.whl)[operator]" \
     && /opt/venv/bin/python -c "import etcdconfig.cli.main"
 
 FROM python:3.11.14-slim-bookworm

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -102,3 +104,73 @@ PUBLISH_REFUSALS = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+
+# --- per-Config state -------------------------------------------------------------------------
+# One series per Config and state (kube-state-metrics style): 1 for the state the Config is
+# in, 0 for the others, set by the replica that owns the Config whenever it works out the
+# status, and removed when the Config is deleted or its ownership moves to another replica
+# (which then sets its own). So an alert on ``etcdconfig_config_state{state="invalid"} == 1``
+# stays firing while the Config is invalid, whatever the rate counters do.
+CONFIG_STATES = ("ready", "reconciling", "invalid", "stalled", "corrupt")
+CONFIG_STATE = Gauge(
+    "etcdconfig_config_state",
+    "State of each Config this replica owns: 1 for the state it is in, 0 for the others "
+    "(ready, reconciling, invalid, stalled, corrupt).",
+    ["namespace", "name", "state"],
+    registry=REGISTRY,
+)
+_config_states: dict[tuple[str, str], str] = {}
+
+
+def config_state_of(status: dict[str, object]) -> str | None:
+    """The state a Config's status conditions say it is in (None: no conditions yet).
+
+    ``corrupt``: ``Intact`` False; ``invalid``: ``Valid`` False; ``ready``: ``Ready`` True;
+    ``stalled``: ``Stalled`` True (only a user's action helps, e.g. a ConfigMap the operator
+    must not touch); otherwise ``reconciling`` (retrying: etcd away, lock busy, …).
+    """
+    raw = status.get("conditions")
+    conditions = {
+        str(c.get("type")): c.get("status")
+        for c in (raw if isinstance(raw, list) else [])
+        if isinstance(c, dict)
+    }
+    if not conditions:
+        return None
+    if conditions.get("Intact") == "False":
+        return "corrupt"
+    if conditions.get("Valid") == "False":
+        return "invalid"
+    if conditions.get("Ready") == "True":
+        return "ready"
+    if conditions.get("Stalled") == "True":
+        return "stalled"
+    return "reconciling"
+
+
+def set_config_state(namespace: str, name: str, status: dict[str, object] | None) -> None:
+    """Record the state ``status`` says (no-op when it says none)."""
+    state = config_state_of(status) if status is not None else None
+    if state is None:
+        return
+    key = (namespace, name)
+    if _config_states.get(key) == state:
+        return
+    _config_states[key] = state
+    for s in CONFIG_STATES:
+        CONFIG_STATE.labels(namespace, name, s).set(1 if s == state else 0)
+
+
+def forget_config(namespace: str, name: str) -> None:
+    """Remove a Config's series (deleted, or no longer owned by this replica)."""
+    if _config_states.pop((namespace, name), None) is None:
+        return
+    for s in CONFIG_STATES:
+        with contextlib.suppress(KeyError):
+            CONFIG_STATE.remove(namespace, name, s)
+
+
+def retain_configs(keep: set[tuple[str, str]]) -> None:
+    """Remove the series of every Config not in ``keep`` (the Configs owned now)."""
+    for namespace, name in [k for k in _config_states if k not in keep]:
+        forget_config(namespace, name)

@@ -44,6 +44,8 @@ class Resync:
             and not o["metadata"].get("deletionTimestamp")
         ]
         metrics.OWNED.set(len(mine))
+        # a Config deleted or now owned by another replica: its state series go
+        metrics.retain_configs({(o["metadata"]["namespace"], o["metadata"]["name"]) for o in mine})
         return mine
 
     async def run(self) -> None:
@@ -158,6 +160,7 @@ class Resync:
         status = status_integrity(
             current, int(meta.get("generation") or 1), [str(p) for p in problems]
         )
+        metrics.set_config_state(ns, name, status)
         if status_differs(current, status):
             await self.rt.kube.patch_status(
                 ns, name, status, resource_version=meta.get("resourceVersion")
