@@ -21,3 +21,12 @@ def test_package_imports_from_the_source_root() -> None:
     import etcdconfig
 
     assert Path(etcdconfig.__file__).parent == ROOT / "operator" / "etcdconfig"
+
+
+def test_no_two_test_modules_share_a_basename() -> None:
+    """The tiers are folders without __init__.py, so pytest imports test modules by
+    basename: two of the same name in different tiers abort the whole collection."""
+    seen: dict[str, Path] = {}
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        assert path.name not in seen, f"{path} and {seen[path.name]} share a basename"
+        seen[path.name] = path
