@@ -34,6 +34,23 @@ def lock_prefix(prefix: str, namespace: str, name: str) -> str:
     return f"{prefix.rstrip('/')}/locks/configs/{namespace}/{name}"
 
 
+class Suspects(set[bytes]):
+    """Lock keys whose delete failed or may still land: ``reported`` is set on each
+    :meth:`add`, so a sweeper can wake at once instead of at its next round."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reported = asyncio.Event()
+
+    def add(self, key: bytes) -> None:
+        super().add(key)
+        self.reported.set()
+
+    def clear(self) -> None:
+        super().clear()
+        self.reported.clear()
+
+
 @dataclass
 class _Local:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -69,7 +86,7 @@ class ConfigLocks:
         self.hold_timeout = hold_timeout
         self._local: dict[tuple[str, str], _Local] = {}
         self.on_acquired: list[Callable[[str, str, float], None]] = []
-        self.suspects: set[bytes] = set()  # keys whose delete failed: sweep them soon
+        self.suspects = Suspects()  # keys whose delete failed or may land late: sweep soon
         self.swept = 0  # keys removed by sweep(), for tests and metrics
 
     @contextlib.asynccontextmanager

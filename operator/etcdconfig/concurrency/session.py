@@ -8,7 +8,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from etcdconfig.errors import EtcdError, SessionExpired
+from etcdconfig.errors import EtcdError, LeaseNotFound, SessionExpired
 
 if TYPE_CHECKING:
     from etcdconfig.etcd import EtcdClient
@@ -58,6 +58,7 @@ class Session:
     async def _keepalive(self) -> None:
         stream = self.client.keepalive()
         delay = self.ttl / 3
+        failed = False
         try:
             while True:
                 # refresh at a third of the TTL; after a failed ping, retry soon
@@ -65,30 +66,52 @@ class Session:
                 left = self._expires_at - time.monotonic()
                 if left <= 0:
                     log.warning("etcd session lease expired", extra={"lease": f"{self.lease_id:x}"})
+                    await self._give_up()
                     break
                 try:
-                    # A slow answer (a busy event loop, a leader election) is not a lost
-                    # lease, but a lost answer must not use up the lease's whole life
-                    # either: wait for one answer at most max(TTL/6, 1 s), then retry on
-                    # a fresh stream (another endpoint) while the lease can still be alive
-                    remaining = await stream.ping(
-                        self.lease_id, max(0.1, min(left, max(self.ttl / 6, 1.0)))
-                    )
+                    # A lost answer must not use up the lease's whole life: the first
+                    # ping of a round waits at most max(TTL/6, 1 s), then a retry goes on
+                    # a fresh stream (another endpoint). A slow answer (a busy event loop,
+                    # a leader election) is not a lost lease either: after a failure the
+                    # retry waits for as long as the lease can still be alive.
+                    wait = left if failed else min(left, max(self.ttl / 6, 1.0))
+                    remaining = await stream.ping(self.lease_id, max(0.1, wait))
                 except EtcdError as exc:
                     log.warning(
                         "etcd session keep-alive failed; retrying",
                         extra={"lease": f"{self.lease_id:x}", "error": str(exc)},
                     )
+                    failed = True
                     delay = min(self.ttl / 10, 0.5)
                     continue
                 if remaining <= 0:
                     log.warning("etcd session lease is gone", extra={"lease": f"{self.lease_id:x}"})
                     break
                 self._expires_at = time.monotonic() + remaining
+                failed = False
                 delay = self.ttl / 3
         finally:
             stream.close()
             self.done.set()
+
+    async def _give_up(self) -> None:
+        """No answer told us the lease lives, yet etcd may still hold it (every ping may
+        have renewed it while the answers were lost): revoke it, best effort and
+        briefly, so that none of its lock or member keys outlives our decision."""
+        deadline = time.monotonic() + max(2.0, self.ttl / 2)
+        while time.monotonic() < deadline:
+            try:
+                async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
+                    await self.client.revoke(self.lease_id)
+                return
+            except LeaseNotFound:
+                return
+            except (EtcdError, TimeoutError):
+                await asyncio.sleep(0.1)  # backoff before the next revoke attempt
+        log.warning(
+            "could not revoke the lost session lease; it expires by itself",
+            extra={"lease": f"{self.lease_id:x}"},
+        )
 
     async def close(self) -> None:
         """Stop refreshing and revoke the lease (releases every lock at once)."""

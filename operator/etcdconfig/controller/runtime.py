@@ -63,8 +63,18 @@ class Runtime:
         replica is healthy."""
         interval = float(self.settings.lock_ttl)
         while True:
-            suspects = self.locks is not None and bool(self.locks.suspects)
-            await asyncio.sleep(min(interval, 1.0) if suspects else interval)
+            locks = self.locks
+            if locks is not None and not locks.suspects:
+                # wake at once when a key is reported (a release that failed, an
+                # acquire whose outcome is unknown), else at the next round
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(locks.suspects.reported.wait(), timeout=interval)
+            if locks is not None and locks.suspects:
+                # an acquire abandoned in flight may land a moment later: sweep shortly
+                # after the report (and again at the next round)
+                await asyncio.sleep(min(interval, 0.5))
+            elif locks is None:
+                await asyncio.sleep(interval)  # no session yet: the keeper makes one
             if self.locks is None:
                 continue
             try:
@@ -109,6 +119,7 @@ class Runtime:
                 self._loss_counted = lost
                 metrics.SESSION_LOST.inc()
                 log.warning("etcd session lost; starting a new one")
+                # (Session revoked the lease already if etcd might still hold it)
             while True:
                 try:
                     await self._new_session()

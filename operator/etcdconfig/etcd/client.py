@@ -751,11 +751,17 @@ class KeepAliveStream:
     def __init__(self, client: EtcdClient) -> None:
         self._client = client
         self._call: Any = None
+        self._reauthenticate = False
 
     async def ping(self, lease_id: int, wait: float) -> int:
         """Refresh ``lease_id``; return its new TTL (0 or less: the lease is gone)."""
         try:
             async with asyncio.timeout(wait):
+                if self._reauthenticate:
+                    # etcd's simple tokens live in its memory: a restart or another
+                    # member refuses ours; unary calls renew it in _call, the stream here
+                    self._reauthenticate = False
+                    await self._client._authenticate()
                 if self._call is None:
                     self._call = self._client.endpoint.lease.LeaseKeepAlive(
                         metadata=self._client._metadata()
@@ -766,6 +772,9 @@ class KeepAliveStream:
             self.close()
             self._client._rotate()
             if isinstance(exc, grpc.aio.AioRpcError):
+                details = exc.details() or ""
+                if "invalid auth token" in details or "auth token is invalid" in details:
+                    self._reauthenticate = True
                 raise _map_error(exc, "lease keep-alive") from exc
             raise EtcdUnavailable(f"etcd lease keep-alive got no answer within {wait}s") from exc
         if resp is grpc.aio.EOF:
