@@ -49,6 +49,11 @@ test-integration: install
 test-e2e: install
 	$(BIN)/pytest tests/e2e
 
+## model: exhaustive model checking of the protocol in spec/ with SPIN (spin and gcc; about a minute)
+.PHONY: model
+model: $(BIN)/.installed system-packages
+	$(BIN)/pytest tests/model
+
 ## mutants: mutation testing of the safety guards: each mutant (tests/mutation/mutants.py) must fail a named test
 .PHONY: mutants
 mutants: install
