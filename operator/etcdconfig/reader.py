@@ -152,10 +152,68 @@ class ConfigReader:
         The key is always read: a version number names a record only within one
         incarnation (a later one may reuse the numbers a purged one had). The cached
         record is served when the stored bytes are the same.
+
+        The record is verified against what points at it, read at the same revision:
+        the head's ``checksum`` when ``version`` is the head's version (a tombstone's
+        too), else the next version's ``parentChecksum`` when that version is retained
+        (checked against the head itself when it is the head's). So a record whose data
+        *and* checksum were rewritten together raises ``CorruptRecord``, as
+        ``current()`` does. What this cannot see: edits of the head's version that leave
+        its data alone (``current()`` holds it to the head's ``recordChecksum``); a
+        successor rewritten consistently along with its parent (only a walk from the
+        head, as ``watch`` and ``etcdconfig verify`` do, shows that); and a key above the
+        head, which nothing names (only its data is checked against its ``checksum``).
         """
         if version < 1:
             raise NotFound(f"{namespace}/{name} has no version {version}: versions start at 1")
-        return await self._load(namespace, name, version, None)
+        for attempt in range(1, _PINNED_READ_ATTEMPTS + 1):
+            try:
+                head, revision = await self._read_head(namespace, name)
+                expected, data = await self._pointer_to(namespace, name, version, head, revision)
+                return await self._load(
+                    namespace,
+                    name,
+                    version,
+                    expected,
+                    revision=revision,
+                    read_key=True,
+                    expected_checksum=data,
+                )
+            except Compacted:
+                if attempt == _PINNED_READ_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _pointer_to(
+        self, namespace: str, name: str, version: int, head: Head | None, revision: int
+    ) -> tuple[str | None, str | None]:
+        """What names version ``version`` as of ``revision``: (the record checksum, the
+        data checksum). The head's ``checksum`` when ``version`` is the head's (its
+        record is held to the head's ``recordChecksum`` by ``current()``), else the
+        retained next version's ``parentChecksum``; (None, None) when nothing names it."""
+        if head is None or version > head.version:
+            return None, None
+        if head.version == version:
+            return None, head.checksum
+        successor = version + 1
+        kv, _ = await self.client.get(
+            self.keys.version(namespace, name, successor), revision=revision
+        )
+        if kv is None:
+            return None, None  # pruned or never written: nothing retained names the record
+        # not counted as a lookup nor cached: the successor is only read for its pointer
+        record = self._cache.get((namespace, name, successor, sha256_of(kv.value)))
+        if record is None:
+            record = load_record(
+                kv.value,
+                what=describe(namespace, name, successor),
+                version=successor,
+                expected_record_checksum=(
+                    head.record_checksum if successor == head.version else None
+                ),
+                mod_revision=kv.mod_revision,
+            )
+        return record.parent_checksum, None
 
     def cached(self) -> int:
         """Number of records in the cache."""
@@ -171,21 +229,33 @@ class ConfigReader:
         namespace: str,
         name: str,
         *,
+        after: VersionRecord | None = None,
+        after_record_checksum: str | None = None,
         after_version: int | None = None,
         start_revision: int = 0,
     ) -> AsyncGenerator[VersionRecord, None]:
         """Yield versions of the Config as they become its head, each once and in order.
 
         By default the current version (if any) comes first, then every new one.
-        ``after_version=N`` yields first the versions after N of the current history
-        (what a consumer that already holds N wants). ``start_revision=R`` resumes from
-        an etcd revision the consumer kept (e.g. the ``mod_revision`` of the last
-        record it applied, plus one): every version recorded at revision R or later
-        is yielded, and ``after_version`` is not needed. If etcd compacted it, the
-        reader re-reads the head and yields, in order, the retained versions of the
-        head's history recorded since — so a Config purged and re-created while the
-        consumer was away is followed even though the new incarnation reuses version
-        numbers the consumer has seen.
+        ``after=record`` (the record the consumer holds, e.g. from ``current()``)
+        yields first the versions after it in the current history; if that record is
+        no longer in the head's history (the Config was purged and re-created
+        meanwhile, so its numbers were reused), the current incarnation's retained
+        versions come first instead, so the consumer never stays on purged data.
+        ``after_record_checksum=`` is the same with the record's checksum (give
+        ``after_version`` too, the record's number, to bound the walk).
+        ``after_version=N`` alone names the held record by number only: it yields the
+        versions after N, or the current incarnation's versions if the head's number is
+        below N (numbers reused after a Purge); a re-created Config that has already
+        reached N again cannot be told apart by number, so pass ``after=`` when you can.
+        ``start_revision=R`` resumes from an etcd revision the consumer kept (e.g. the
+        ``mod_revision`` of the last record it applied, plus one): every version
+        recorded at revision R or later is yielded, and ``after`` is not needed. If
+        etcd compacted it, the reader re-reads the head and yields, in order, the
+        retained versions of the head's history recorded since (also when the head is
+        now a tombstone: the versions it points back to) — so a Config purged and
+        re-created while the consumer was away is followed even though the new
+        incarnation reuses version numbers the consumer has seen.
 
         What the watch tracks is the head's record (its ``recordChecksum``) and the
         etcd revision, never the version number alone: after ``deletionPolicy:
@@ -196,6 +266,9 @@ class ConfigReader:
         break out of the loop (or cancel the task) to stop it; a broken connection
         to etcd is retried with backoff.
         """
+        if after is not None:
+            after_version = after.version
+            after_record_checksum = after.record_checksum()
         head_key = self.keys.head(namespace, name)
         # the etcd revision up to which the head's changes have been handled: a version
         # recorded at or before it is never yielded (again); None until the head is first
@@ -216,44 +289,59 @@ class ConfigReader:
                             mod_revision=kv.mod_revision,
                             what=f"head of {namespace}/{name}",
                         )
-                        unseen = await self._unseen(
-                            namespace,
-                            name,
-                            head,
-                            revision=revision,
-                            seen=seen,
-                            standing=standing,
-                            after_version=after_version,
-                        )
+                        if seen is None and (
+                            after_version is not None or after_record_checksum is not None
+                        ):
+                            unseen = await self._after(
+                                namespace,
+                                name,
+                                head,
+                                revision=revision,
+                                after_version=after_version,
+                                after_record_checksum=after_record_checksum,
+                            )
+                        else:
+                            unseen = await self._unseen(
+                                namespace,
+                                name,
+                                head,
+                                revision=revision,
+                                seen=seen,
+                                standing=standing,
+                            )
                         for record in unseen:
                             yield record
                         standing = head.record_checksum
-                    seen = revision
+                    seen = revision if seen is None else max(seen, revision)
                 read_head = True  # from now on, every (re)start reads the head first
                 assert seen is not None
                 async for revision, events in self.client.watch(head_key, start_revision=seen + 1):
                     for ev in events:
-                        if ev.type != "PUT":
-                            continue  # the head is never deleted by etcdconfig; ignore
-                        head = Head.parse(
-                            ev.kv.value,
-                            mod_revision=ev.kv.mod_revision,
-                            what=f"head of {namespace}/{name}",
-                        )
-                        unseen = await self._unseen(
-                            namespace,
-                            name,
-                            head,
-                            revision=ev.kv.mod_revision,
-                            seen=seen,
-                            standing=standing,
-                            after_version=None,
-                        )
-                        for record in unseen:
-                            yield record
-                        standing = head.record_checksum
-                        seen = ev.kv.mod_revision
-                    seen = max(seen, revision)
+                        if ev.type == "PUT":
+                            head = Head.parse(
+                                ev.kv.value,
+                                mod_revision=ev.kv.mod_revision,
+                                what=f"head of {namespace}/{name}",
+                            )
+                            unseen = await self._unseen(
+                                namespace,
+                                name,
+                                head,
+                                revision=ev.kv.mod_revision,
+                                seen=seen,
+                                standing=standing,
+                            )
+                            for record in unseen:
+                                yield record
+                            standing = head.record_checksum
+                        # the head is never deleted by etcdconfig: a DELETE is only passed
+                        seen = max(seen, ev.kv.mod_revision)
+                    if not events:
+                        # a progress notification: nothing up to ``revision`` is left. A
+                        # response with events carries the store's current revision even
+                        # when etcd (catching up, at most 1000 revisions per response) has
+                        # more to send: only the events received count as handled
+                        seen = max(seen, revision)
                     delay = 0.2
             except Compacted as exc:
                 log.info(
@@ -277,29 +365,28 @@ class ConfigReader:
         revision: int,
         seen: int | None,
         standing: str | None,
-        after_version: int | None,
     ) -> list[VersionRecord]:
         """The versions of ``head``'s history the watch has not yielded, oldest first.
 
-        Walks back from the head's record through ``parentChecksum`` (each record is
-        verified against the checksum its successor names, as of ``revision``) and
-        stops at the record the watch stands on, at one recorded at or before
-        revision ``seen``, at a pruned one, or at the start of the history. Without a
-        revision yet (the first read of a watch that did not resume): only the head
-        version, or the versions after ``after_version``.
+        Walks back from the head's record (a tombstone's: the version it points at)
+        through ``parentChecksum`` (each record is verified against the checksum its
+        successor names, as of ``revision``) and stops at the record the watch stands
+        on, at one recorded at or before revision ``seen``, at a pruned one, or at the
+        start of the history. Without a revision yet (the first read of a watch that
+        did not resume): only the head version (none for a tombstone).
         """
-        if head.deleted or head.version == 0:
+        if head.version == 0 or (head.deleted and head.record_checksum is None):
             return []
         if standing is not None and head.record_checksum == standing:
             return []
-        if seen is None and after_version is not None and head.version <= after_version:
-            return []
+        if seen is None and head.deleted:
+            return []  # a first read: a tombstone is not a current version
         newest = await self._load(
             namespace, name, head.version, head.record_checksum, revision=revision
         )
-        if seen is None and after_version is None:
+        if seen is None:
             return [newest]  # a first read: just the current version
-        if seen is not None and newest.mod_revision <= seen:
+        if newest.mod_revision <= seen:
             return []
         out = [newest]
         while True:
@@ -307,15 +394,78 @@ class ConfigReader:
             parent, number = child.parent_checksum, child.version - 1
             if parent is None or parent == standing or number < 1:
                 break
-            if seen is None and after_version is not None and number <= after_version:
-                break
             try:
                 record = await self._load(namespace, name, number, parent, revision=revision)
             except NotFound:
                 break  # pruned by retention before the watch saw it (and so is all before)
-            if seen is not None and record.mod_revision <= seen:
+            if record.mod_revision <= seen:
                 break
             out.append(record)
+        out.reverse()
+        return out
+
+    async def _after(
+        self,
+        namespace: str,
+        name: str,
+        head: Head,
+        *,
+        revision: int,
+        after_version: int | None,
+        after_record_checksum: str | None,
+    ) -> list[VersionRecord]:
+        """The first read of a watch whose consumer holds a record: the versions of
+        ``head``'s history after it, oldest first.
+
+        Walks back from the head (a tombstone's version too) through
+        ``parentChecksum``. The held record is found when the walk reaches its record
+        checksum (or, given only ``after_version``, its number): the versions above it
+        are the answer. When the walk passes below the held number without meeting the
+        held record, or the head's number is already below it, the held record is not
+        in the head's history (a Purge and a re-create reused its number): the answer
+        is the current incarnation's retained versions (the head's uid), the head's
+        own at least, so the consumer moves off the purged data."""
+        if head.version == 0 or (head.deleted and head.record_checksum is None):
+            return []
+        held, number_held = after_record_checksum, after_version
+        if held is not None and head.record_checksum == held:
+            return []
+        if held is None and number_held is not None and head.version == number_held:
+            return []  # the same number: the held record, as far as a number can tell
+        newest = await self._load(
+            namespace, name, head.version, head.record_checksum, revision=revision
+        )
+        out = [newest]
+        # still looking for the held record further down the history? (False: it is not
+        # in it, and only the current incarnation's versions are collected)
+        searching = held is not None or (number_held is not None and head.version > number_held)
+        found = False
+        while True:
+            child = out[-1]
+            parent, number = child.parent_checksum, child.version - 1
+            if parent is None or number < 1:
+                break
+            if searching and held is not None and parent == held:
+                found = True
+                break
+            if searching and number_held is not None and number <= number_held:
+                if held is None:
+                    found = True  # by number: the versions after N
+                    break
+                searching = False  # the record numbered N is not the held one
+            if not searching and child.uid != head.uid:
+                break
+            try:
+                record = await self._load(namespace, name, number, parent, revision=revision)
+            except NotFound:
+                # pruned by retention (and so is all before): what is retained is newer
+                found = searching
+                break
+            out.append(record)
+        if not found:
+            # the held record is not in the head's history: the current incarnation's
+            # versions (a tombstone's version is not current: only retained ones of its uid)
+            out = [r for r in out if r.uid == head.uid]
         out.reverse()
         return out
 
@@ -346,11 +496,15 @@ class ConfigReader:
         expected_record_checksum: str | None,
         *,
         revision: int = 0,
+        read_key: bool = False,
+        expected_checksum: str | None = None,
     ) -> VersionRecord:
         """Version ``version``, verified: the exact record ``expected_record_checksum``
         names (from the cache if it holds it), or, when None, whatever the key holds
-        (as of ``revision``, 0 = now)."""
-        if expected_record_checksum is not None:
+        (as of ``revision``, 0 = now). ``read_key``: read the key even when the record
+        named is cached, and refuse stored bytes that are not that record.
+        ``expected_checksum``: the data checksum the record must have (the head's)."""
+        if expected_record_checksum is not None and not read_key:
             hit = self._lookup((namespace, name, version, expected_record_checksum))
             if hit is not None:
                 return hit
@@ -358,9 +512,9 @@ class ConfigReader:
             self.keys.version(namespace, name, version), revision=revision
         )
         found = sha256_of(kv.value) if kv is not None else ""
-        if kv is not None and expected_record_checksum is None:
+        if kv is not None and expected_record_checksum in (None, found):
             hit = self._lookup((namespace, name, version, found))
-            if hit is not None:
+            if hit is not None and expected_checksum in (None, hit.checksum):
                 return hit
         self.misses += 1
         metrics.CACHE_MISSES.labels("reader").inc()
@@ -371,6 +525,7 @@ class ConfigReader:
             what=describe(namespace, name, version),
             version=version,
             expected_record_checksum=expected_record_checksum,
+            expected_checksum=expected_checksum,
             mod_revision=kv.mod_revision,
         )
         if self.cache_size:

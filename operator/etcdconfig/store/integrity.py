@@ -7,7 +7,18 @@ only if
 - its ``data`` hashes to its ``checksum`` (RFC 8785, SHA-256), and
 - when the caller knows which record to expect (the head's ``recordChecksum``,
   or the next version's ``parentChecksum``), the stored bytes hash to it: records
-  are stored canonical, so this covers every field, not only the data.
+  are stored canonical, so this covers every field, not only the data;
+- when the caller knows only which data to expect (the head's ``checksum``), its
+  ``checksum`` is that one: a record rewritten with other data *and* a matching
+  ``checksum`` is refused, though edits of other fields are not seen this way.
+
+What these checks cannot see: the oldest retained record's bytes are covered by
+its successor's ``parentChecksum``, and a version with no retained successor is the
+head's, covered by the head — but a successor is only as good as its own successor,
+so a record rewritten consistently together with every record after it up to (not
+including) the head shows only on a walk from the head (the reader's watch,
+``etcdconfig verify``). A key above the head (nothing names it) gets only its own
+data-vs-checksum check.
 
 A record that fails raises :class:`~etcdconfig.errors.CorruptRecord` with one line
 that names the Config and the version and says to run ``etcdconfig verify``, which
@@ -38,6 +49,7 @@ def check_record(
     what: str,
     version: int,
     expected_record_checksum: str | None = None,
+    expected_checksum: str | None = None,
 ) -> None:
     """Raise ``CorruptRecord`` unless ``record`` (parsed from the stored bytes ``raw``)
     is intact version ``version``.
@@ -46,6 +58,8 @@ def check_record(
     ``expected_record_checksum`` is the record checksum the caller was pointed at (the
     head's ``recordChecksum``, a successor's ``parentChecksum``), or None when nothing
     points at this record: then only its data is checked against its ``checksum``.
+    ``expected_checksum`` is the data checksum the caller was pointed at (the head's
+    ``checksum``), when it knows no record checksum to hold the record to.
     """
     raw_obj = record.raw
     stored_version = raw_obj.get("version")
@@ -68,6 +82,12 @@ def check_record(
             f"{what}: data checksum mismatch (stored {raw_obj.get('checksum')}, computed "
             f"{computed}); the record was modified after it was written — {VERIFY_HINT}"
         )
+    if expected_checksum is not None and computed != expected_checksum:
+        raise CorruptRecord(
+            f"{what}: data checksum mismatch (the head names {expected_checksum}, the "
+            f"record holds data hashing to {computed}); the record was rewritten after it "
+            f"was written — {VERIFY_HINT}"
+        )
     if expected_record_checksum is not None:
         found = sha256_of(raw)
         if found != expected_record_checksum:
@@ -84,6 +104,7 @@ def load_record(
     what: str,
     version: int,
     expected_record_checksum: str | None = None,
+    expected_checksum: str | None = None,
     mod_revision: int = 0,
 ) -> VersionRecord:
     """Parse the stored bytes of a version and :func:`check_record` them.
@@ -102,5 +123,6 @@ def load_record(
         what=what,
         version=version,
         expected_record_checksum=expected_record_checksum,
+        expected_checksum=expected_checksum,
     )
     return record
