@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import traceback
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
@@ -38,9 +39,23 @@ from etcdconfig.cli.output import (
     table,
 )
 from etcdconfig.cli.timeline import Event, config_state, events_for, merge
-from etcdconfig.errors import CorruptRecord, EtcdConfigError, EtcdUnavailable, NotFound
+from etcdconfig.errors import (
+    CorruptRecord,
+    EtcdConfigError,
+    EtcdUnavailable,
+    InvalidConfig,
+    NotFound,
+    ValidationIssue,
+)
 from etcdconfig.etcd import EtcdClient, prefix_end
-from etcdconfig.models import CHANGE_CAUSE_ANNOTATION, FINALIZER, GROUP, PLURAL, ROLLBACK_ANNOTATION
+from etcdconfig.models import (
+    CHANGE_CAUSE_ANNOTATION,
+    FINALIZER,
+    GROUP,
+    KIND,
+    PLURAL,
+    ROLLBACK_ANNOTATION,
+)
 from etcdconfig.settings import Settings
 from etcdconfig.store import Head, VersionedStore, VersionRecord
 from etcdconfig.store.integrity import describe, load_record
@@ -453,6 +468,72 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return asyncio.run(_with_store(args, go))
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Validate Config manifests offline, as the admission webhook and the operator do:
+    the same checks (the Config API, the schema, canonical form, size) and messages.
+    Exit 0 when every Config is valid, 1 when one is not, 2 when a file cannot be read."""
+    from etcdconfig.reconcile import format_issues, issue_reason, parse_spec, validate_spec
+    from etcdconfig.validation import Validator
+
+    validator = Validator()
+    rows: list[dict[str, Any]] = []
+    for path in args.filename:
+        try:
+            text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+            docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise Exit(EXIT_USAGE, f"cannot read {path}: {exc}") from None
+        except yaml.YAMLError as exc:
+            raise Exit(
+                EXIT_USAGE, f"{path} is not valid YAML: {' '.join(str(exc).split())}"
+            ) from None
+        for index, doc in enumerate(docs):
+            where = f"{path}#{index}" if len(docs) > 1 else path
+            if not isinstance(doc, dict):
+                rows.append(
+                    {
+                        "file": where,
+                        "config": "",
+                        "valid": False,
+                        "reason": "InvalidManifest",
+                        "message": "not a YAML mapping",
+                    }
+                )
+                continue
+            if doc.get("kind") != KIND or str(doc.get("apiVersion", "")).split("/")[0] != GROUP:
+                continue  # other objects in the same file: not ours to judge
+            meta = doc.get("metadata") or {}
+            ref = f"{meta.get('namespace') or '-'}/{meta.get('name') or '?'}"
+            issues: list[Any]
+            try:
+                issues = validate_spec(parse_spec(doc.get("spec")), validator)
+            except InvalidConfig as exc:
+                issues = list(exc.issues)
+            if not meta.get("name"):
+                issues = [ValidationIssue("metadata.name", "is required"), *issues]
+            rows.append(
+                {
+                    "file": where,
+                    "config": ref,
+                    "valid": not issues,
+                    "reason": issue_reason(issues) if issues else "",
+                    "message": format_issues(issues) if issues else "",
+                }
+            )
+    t = table("FILE", "CONFIG", "RESULT")
+    for r in rows:
+        result = "valid" if r["valid"] else f"{r['reason']}: {r['message']}"
+        t.add_row(str(r["file"]), str(r["config"]), result)
+    emit({"results": rows}, args.output, t, names=[r["config"] for r in rows], command="validate")
+    if not rows:
+        err_console.print(
+            f"warning: no {KIND} ({GROUP}) found in {', '.join(args.filename)}",
+            markup=False,
+            highlight=False,
+        )
+    return 0 if all(r["valid"] for r in rows) else EXIT_ERROR
+
+
 def cmd_locks(args: argparse.Namespace) -> int:
     async def go(store: VersionedStore) -> int:
         base = store.keys.locks()
@@ -831,6 +912,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mode.add_argument("--print", action="store_true", help="print the manifest to commit (GitOps)")
     _kube_flags(p)
+
+    p = command(
+        "validate",
+        cmd_validate,
+        "validate Config manifests offline, as the admission webhook does (for CI)",
+    )
+    p.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="a YAML file of one or more documents; - for standard input (repeatable)",
+    )
 
     p = command("verify", cmd_verify, "re-hash stored versions and the checksum chain")
     p.add_argument("config", nargs="?", metavar="NAMESPACE/NAME")
