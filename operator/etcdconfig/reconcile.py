@@ -124,7 +124,8 @@ def author_of(
             author["time"] = newest["time"]
     if note is not None:
         author["user"] = str(note.get("user", ""))
-        author["groups"] = [str(g) for g in note.get("groups") or []]
+        groups = note.get("groups")
+        author["groups"] = [str(g) for g in groups] if isinstance(groups, list) else []
         author["source"] = "admission"
     else:
         author["source"] = "fieldManager"

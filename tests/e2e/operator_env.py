@@ -194,7 +194,7 @@ def install_webhook(
             {
                 "name": "validate.configs.etcdconfig.io",
                 "admissionReviewVersions": ["v1"],
-                "sideEffects": "None",
+                "sideEffects": "NoneOnDryRun",
                 "failurePolicy": "Fail",
                 "timeoutSeconds": 10,
                 "namespaceSelector": {

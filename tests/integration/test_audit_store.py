@@ -3,6 +3,7 @@ committer for exactly the object state they describe) and the schema in every re
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -16,25 +17,64 @@ from etcdconfig.etcd import EtcdClient
 from etcdconfig.store import ChangeRequest, VersionedStore
 
 SPEC = {"data": {"a": 1}, "schema": {"type": "object"}}
-NOTE = {"user": "alice", "groups": ["dev"], "operation": "UPDATE", "generation": 4}
+STAMP = "stamp-of-alices-request"
+NOTE = {"user": "alice", "groups": ["dev"], "operation": "UPDATE", "generation": 4, "stamp": STAMP}
 
 
-async def test_a_note_is_found_for_exactly_its_uid_spec_and_generation(
+async def test_a_note_is_found_for_exactly_its_uid_spec_generation_and_request(
     client: EtcdClient, prefix: str
 ) -> None:
     webhook, committer = AuthorBook(client, prefix), AuthorBook(client, prefix)
     await webhook.note("ns", "pay", "u-1", SPEC, NOTE)
-    assert await committer.lookup("ns", "pay", "u-1", SPEC, 4) == NOTE
+    assert await committer.lookup("ns", "pay", "u-1", SPEC, 4, stamp=STAMP) == NOTE
     # the same spec in another key order / number spelling is the same state
     same = {"schema": {"type": "object"}, "data": {"a": 1.0}}
-    assert await committer.lookup("ns", "pay", "u-1", same, 4) == NOTE
-    assert await committer.lookup("ns", "pay", "u-1", {"data": {"a": 2}}, 4) is None
-    assert await committer.lookup("ns", "pay", "u-2", SPEC, 4) is None  # another object
-    assert await committer.lookup("ns", "pay", "u-1", SPEC, 5) is None  # another change
-    # a later request producing the same state wins
-    await webhook.note("ns", "pay", "u-1", SPEC, {**NOTE, "user": "bob"})
-    found = await committer.lookup("ns", "pay", "u-1", SPEC, 4)
+    assert await committer.lookup("ns", "pay", "u-1", same, 4, stamp=STAMP) == NOTE
+    assert await committer.lookup("ns", "pay", "u-1", {"data": {"a": 2}}, 4, stamp=STAMP) is None
+    assert await committer.lookup("ns", "pay", "u-2", SPEC, 4, stamp=STAMP) is None
+    assert await committer.lookup("ns", "pay", "u-1", SPEC, 5, stamp=STAMP) is None
+    # an object stored by another request (alice's was denied after our webhook admitted
+    # it), or one that cannot be tied to a request, is not alice's
+    assert await committer.lookup("ns", "pay", "u-1", SPEC, 4, stamp="other") is None
+    assert await committer.lookup("ns", "pay", "u-1", SPEC, 4) is None
+
+
+async def test_requests_for_one_state_are_kept_side_by_side(
+    client: EtcdClient, prefix: str
+) -> None:
+    replica_1, replica_2 = AuthorBook(client, prefix), AuthorBook(client, prefix)
+    committer = AuthorBook(client, prefix)
+    # bob's request for the same state comes later (another second): it does not
+    # overwrite alice's, each is found for the object its request stored
+    await replica_1.note("ns", "pay", "u-1", SPEC, NOTE)
+    await replica_2.note("ns", "pay", "u-1", SPEC, {**NOTE, "user": "bob", "stamp": "bobs"})
+    found = await committer.lookup("ns", "pay", "u-1", SPEC, 4, stamp=STAMP)
+    assert found is not None and found["user"] == "alice"
+    found = await committer.lookup("ns", "pay", "u-1", SPEC, 4, stamp="bobs")
     assert found is not None and found["user"] == "bob"
+    # carol's request cannot be told apart from alice's (same field manager, same
+    # second): the state they make names nobody
+    await replica_2.note("ns", "pay", "u-1", SPEC, {**NOTE, "user": "carol"})
+    assert await committer.lookup("ns", "pay", "u-1", SPEC, 4, stamp=STAMP) is None
+    # a retried webhook call for alice's request changes nothing
+    kv, _ = await client.get(author_key(prefix, "ns", "pay", "u-1", SPEC))
+    await replica_1.note("ns", "pay", "u-1", SPEC, NOTE)
+    again, _ = await client.get(author_key(prefix, "ns", "pay", "u-1", SPEC))
+    assert kv is not None and again is not None and again.mod_revision == kv.mod_revision
+
+
+async def test_concurrent_notes_for_one_state_are_all_kept(client: EtcdClient, prefix: str) -> None:
+    books = [AuthorBook(client, prefix) for _ in range(6)]
+    await asyncio.gather(
+        *(
+            book.note("ns", "pay", "u-1", SPEC, {**NOTE, "user": f"u{i}", "stamp": f"s{i}"})
+            for i, book in enumerate(books)
+        )
+    )
+    committer = AuthorBook(client, prefix)
+    for i in range(6):
+        found = await committer.lookup("ns", "pay", "u-1", SPEC, 4, stamp=f"s{i}")
+        assert found is not None and found["user"] == f"u{i}"
 
 
 async def test_notes_live_on_a_shared_short_lived_lease(client: EtcdClient, prefix: str) -> None:
@@ -62,7 +102,7 @@ async def test_a_lost_lease_is_replaced(client: EtcdClient, prefix: str) -> None
     with pytest.raises(EtcdError):  # the write on the revoked lease fails (and says so)
         await book.note("ns", "pay", "u-1", SPEC, NOTE)
     await book.note("ns", "pay", "u-1", SPEC, NOTE)  # the next one grants a new lease
-    assert await book.lookup("ns", "pay", "u-1", SPEC, 4) == NOTE
+    assert await book.lookup("ns", "pay", "u-1", SPEC, 4, stamp=STAMP) == NOTE
 
 
 def change(gen: int, schema: Any, data: dict[str, Any]) -> ChangeRequest:

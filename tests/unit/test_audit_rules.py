@@ -13,7 +13,15 @@ from typing import Any
 import pytest
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from etcdconfig.audit import admission_note, author_key, note_admission, spec_digest
+from etcdconfig.audit import (
+    _merge,
+    _parse,
+    admission_note,
+    author_key,
+    note_admission,
+    request_stamp,
+    spec_digest,
+)
 from etcdconfig.canonical import canonical_json, checksum, sha256_of
 from etcdconfig.controller.reconciler import Reconciler
 from etcdconfig.errors import EtcdPermissionDenied, EtcdUnavailable
@@ -125,9 +133,13 @@ def body(spec: dict[str, Any], cause: str | None = None, generation: int = 2) ->
             "uid": "u-1",
             "generation": generation,
             "annotations": annotations,
+            "managedFields": PATCH,
         },
         "spec": spec,
     }
+
+
+STAMP = request_stamp({"managedFields": PATCH})
 
 
 USER = {"username": "alice", "uid": "x", "groups": ["dev", "system:authenticated"]}
@@ -145,6 +157,7 @@ def test_admission_note_only_for_changes_that_are_recorded() -> None:
         "groups": ["dev", "system:authenticated"],
         "operation": "UPDATE",
         "generation": 3,
+        "stamp": STAMP,
         "changeCauseSet": False,
     }
     created = admission_note("CREATE", USER, body({"data": {}}, cause="first"), None)
@@ -312,6 +325,11 @@ class _Client:
         return SimpleNamespace(value=json.dumps(self.note).encode()), 1
 
 
+def _stored(*requests: dict[str, Any]) -> dict[str, Any]:
+    """A stored note holding ``requests`` (each of the object's stamp unless given)."""
+    return {"requests": [{"operation": "UPDATE", "stamp": STAMP, **r} for r in requests]}
+
+
 class _Store:
     def __init__(self, author: dict[str, Any]) -> None:
         self.author = author
@@ -331,7 +349,7 @@ HEAD = Head(version=3, uid="u-1", generation=2, checksum=None, record_checksum=N
 
 
 async def test_the_committer_uses_the_note_for_exactly_this_state() -> None:
-    client = _Client(note={**ALICE, "generation": 4})
+    client = _Client(note=_stored({**ALICE, "generation": 4}))
     b = body({"data": {"a": 2}}, cause="scale up", generation=4)
     author = await _reconciler(client, _Store({"changeCause": "scale up"}))._author(
         b, HEAD, 4, {"kind": "apply"}
@@ -340,9 +358,9 @@ async def test_the_committer_uses_the_note_for_exactly_this_state() -> None:
     assert (author["user"], author["source"]) == ("alice", "admission")
     assert author["inheritedChangeCause"] == "scale up"  # same cause as version 3
     # a note of another generation (an earlier change to the same spec) is not this one's
-    stale = await _reconciler(_Client(note={**ALICE, "generation": 2}), _Store({}))._author(
-        b, HEAD, 4, {"kind": "apply"}
-    )
+    stale = await _reconciler(
+        _Client(note=_stored({**ALICE, "generation": 2})), _Store({})
+    )._author(b, HEAD, 4, {"kind": "apply"})
     assert stale["source"] == "fieldManager" and "user" not in stale
 
 
@@ -354,3 +372,113 @@ async def test_a_note_the_operator_may_not_read_fails_open_etcd_away_retries() -
     away = _Client(error=EtcdUnavailable("etcd is away"))
     with pytest.raises(EtcdUnavailable):  # the commit needs etcd too: retried, not guessed
         await _reconciler(away, _Store({}))._author(b, HEAD, 4, {"kind": "apply"})
+
+
+# --- the note names a request, not only a state ----------------------------------------------
+
+
+def test_the_stamp_is_what_the_api_server_set_on_spec_before_admission() -> None:
+    assert STAMP is not None
+    later = [{**PATCH[0], "time": "2026-01-02T00:00:01Z"}]
+    other = [{**PATCH[0], "manager": "argocd"}]
+    assert (
+        len(
+            {
+                STAMP,
+                request_stamp({"managedFields": later}),
+                request_stamp({"managedFields": other}),
+            }
+        )
+        == 3
+    )
+    # entries that do not touch spec (annotations, status) do not count
+    annotate = {
+        "manager": "kubectl-annotate",
+        "operation": "Update",
+        "time": "2026-01-03T00:00:00Z",
+        "fieldsV1": {"f:metadata": {}},
+    }
+    status = {**PATCH[0], "subresource": "status", "time": "2026-01-04T00:00:00Z"}
+    assert request_stamp({"managedFields": [*PATCH, annotate, status]}) == STAMP
+    assert request_stamp({}) is None
+    assert request_stamp({"managedFields": [annotate]}) is None
+    assert request_stamp({"managedFields": "junk"}) is None
+
+
+def test_notes_for_one_state_are_merged_never_overwritten() -> None:
+    alice = {**ALICE, "operation": "UPDATE", "generation": 2, "stamp": "a"}
+    bob = {**alice, "user": "bob", "stamp": "b"}
+    once = _merge(None, alice)
+    assert once is not None
+    assert _merge(once, {**alice, "notedAt": "later"}) is None  # a retried call: already noted
+    both = _merge(once, bob)
+    assert both is not None
+    assert [r["user"] for r in _parse(both)[0]] == ["alice", "bob"]
+
+
+def test_an_overflowing_note_names_nobody_for_a_generation_it_forgot() -> None:
+    raw: bytes | None = None
+    for i in range(20):
+        raw = _merge(raw, {**ALICE, "operation": "UPDATE", "generation": 2, "stamp": f"s{i}"})
+    requests, ambiguous = _parse(raw)
+    assert len(requests) <= 16 and ambiguous == {2}
+
+
+async def test_the_committer_names_nobody_when_requests_for_the_state_disagree() -> None:
+    b = body({"data": {"a": 2}}, generation=4)
+    bob = {**ALICE, "user": "bob", "generation": 4}
+    two = _Client(note=_stored({**ALICE, "generation": 4}, bob))
+    author = await _reconciler(two, _Store({}))._author(b, HEAD, 4, {"kind": "apply"})
+    assert author["source"] == "fieldManager" and "user" not in author
+    # the request of another object state (denied after our webhook admitted it) is not it
+    other = _Client(
+        note=_stored(
+            {**ALICE, "generation": 4, "stamp": "another"},
+        )
+    )
+    author = await _reconciler(other, _Store({}))._author(b, HEAD, 4, {"kind": "apply"})
+    assert author["source"] == "fieldManager" and "user" not in author
+    # only one request with this object's stamp: it is the author
+    one = _Client(note=_stored({**ALICE, "generation": 4}, {**bob, "stamp": "another"}))
+    author = await _reconciler(one, _Store({}))._author(b, HEAD, 4, {"kind": "apply"})
+    assert (author["user"], author["source"]) == ("alice", "admission")
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        {"requests": [{**ALICE, "generation": 4, "stamp": STAMP, "groups": 5}]},
+        {"requests": [{**ALICE, "generation": 4, "stamp": STAMP, "user": 7}]},
+        {"requests": "junk"},
+        {**ALICE, "generation": 4},  # the earlier format named no request
+        [1, 2],
+    ],
+)
+async def test_a_malformed_note_fails_open(stored: Any) -> None:
+    b = body({"data": {"a": 2}}, generation=4)
+    author = await _reconciler(_Client(note=stored), _Store({}))._author(
+        b, HEAD, 4, {"kind": "apply"}
+    )
+    assert author["source"] == "fieldManager" and "user" not in author
+
+
+def test_author_of_survives_a_malformed_note() -> None:
+    author = author_of(meta(), note={"user": "alice", "groups": 5})
+    assert author["groups"] == [] and author["user"] == "alice"
+
+
+async def test_a_damaged_previous_record_does_not_block_the_judgement() -> None:
+    from etcdconfig.errors import CorruptRecord, NotFound
+
+    class _Damaged(_Store):
+        def __init__(self, exc: Exception) -> None:
+            super().__init__({})
+            self.exc = exc
+
+        async def get_version(self, ns: str, name: str, version: int, **_: Any) -> Any:
+            raise self.exc
+
+    b = body({"data": {"a": 2}}, cause="scale up", generation=4)
+    for exc in (CorruptRecord("bad"), NotFound("gone")):
+        author = await _reconciler(_Client(), _Damaged(exc))._author(b, HEAD, 4, {"kind": "apply"})
+        assert author["changeCause"] == "scale up"  # judged without the previous author

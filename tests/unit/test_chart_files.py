@@ -143,3 +143,10 @@ def test_every_setting_the_chart_sets_exists_in_the_operator(template: str) -> N
         r"name: ETCDCONFIG_REPLICA_ID\n\s+valueFrom:\n\s+fieldRef:\n\s+fieldPath: metadata.name",
         text,
     )
+
+
+def test_the_webhook_declares_its_side_effects_none_on_dry_run() -> None:
+    """The webhook writes an author note to etcd for a real request and nothing for a
+    dry run (``controller/handlers.py``): ``NoneOnDryRun``, not ``None``."""
+    text = (CHART / "templates" / "webhook.yaml").read_text()
+    assert re.findall(r"^\s*sideEffects:\s*(\S+)\s*$", text, re.M) == ["NoneOnDryRun"]

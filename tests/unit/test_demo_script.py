@@ -21,6 +21,8 @@ def test_webhook_is_fail_closed_for_configs_only_and_points_at_the_local_operato
     vwc = demo.webhook_configuration(b"-----BEGIN CERTIFICATE-----\n", 9443)
     (hook,) = vwc["webhooks"]
     assert hook["failurePolicy"] == "Fail"
+    # the handler writes author notes to etcd (never on a dry run)
+    assert hook["sideEffects"] == "NoneOnDryRun"
     assert hook["clientConfig"]["url"] == "https://127.0.0.1:9443/validate-config"
     assert hook["rules"] == [
         {

@@ -147,6 +147,8 @@ def _plain_admission(body: kopf.Body) -> dict[str, Any]:
             "uid": meta.uid,
             "generation": meta.get("generation"),
             "annotations": dict(meta.annotations),
+            # what ties the request to the object it stores (audit.request_stamp)
+            "managedFields": list(meta.get("managedFields") or []),
         },
         "spec": dict(body.spec),
     }

@@ -9,7 +9,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from etcdconfig import metrics
-from etcdconfig.audit import AuthorBook
+from etcdconfig.audit import AuthorBook, request_stamp
 from etcdconfig.canonical import checksum
 from etcdconfig.errors import (
     Conflict,
@@ -20,6 +20,7 @@ from etcdconfig.errors import (
     LockError,
     OwnerUnconfirmed,
     StaleIncarnation,
+    StoreError,
     UnsupportedFormat,
 )
 from etcdconfig.kube import KubeError
@@ -39,6 +40,8 @@ from etcdconfig.reconcile import (
 from etcdconfig.store import ChangeRequest, CommitResult, Head
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from etcdconfig.controller.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -51,6 +54,11 @@ class RetryLater(Exception):
         super().__init__(message)
         self.status = status
         self.delay = delay
+
+
+def _position(head: Head | None) -> tuple[int, str | None] | None:
+    """Which version a head names (its record checksum tells a re-recorded one apart)."""
+    return None if head is None else (head.version, head.record_checksum)
 
 
 def _condition(status: dict[str, Any], type_: str) -> dict[str, Any] | None:
@@ -129,6 +137,7 @@ class Reconciler:
         data_checksum = checksum(spec.data)
         origin = origin_of(meta, data_checksum)
         try:
+            note = await self._note(body, generation)
             change = ChangeRequest(
                 namespace=ns,
                 name=name,
@@ -136,11 +145,17 @@ class Reconciler:
                 generation=generation,
                 data=spec.data,
                 schema=spec.schema_,
-                author=await self._author(body, mine, generation, origin),
+                author=await self._judge(meta, note, mine, origin),
                 origin=origin,
                 max_versions=spec.history.max_versions,
             )
-            result = await self._record(change)
+
+            async def rejudge(locked: Head | None) -> dict[str, Any]:
+                # the author as judged against the head the commit chains on
+                return await self._judge(meta, note, locked, origin)
+
+            depends = self._needs_previous(meta, note)
+            result = await self._record(change, mine, rejudge if depends else None)
         except InvalidConfig as exc:
             return await self._invalid(
                 body,
@@ -188,18 +203,25 @@ class Reconciler:
     async def _author(
         self, body: dict[str, Any], mine: Head | None, generation: int, origin: dict[str, Any]
     ) -> dict[str, Any]:
-        """The record's ``author`` (``reconcile.author_of``): the admission webhook's note
-        for exactly this object state (``etcdconfig.audit``), and, when a change-cause
-        annotation is present, the author and origin of the uid's previous version."""
+        """The record's ``author`` (``reconcile.author_of``) judged against ``mine``: the
+        admission webhook's note for exactly this change (``etcdconfig.audit``), and,
+        when a change-cause annotation is present, the author and origin of the uid's
+        previous version. ``_reconcile`` judges again under the lock when the head the
+        commit chains on is not ``mine`` (``_record``)."""
+        note = await self._note(body, generation)
+        return await self._judge(body["metadata"], note, mine, origin)
+
+    async def _note(self, body: dict[str, Any], generation: int) -> dict[str, Any] | None:
+        """The admission note of the request that made this object state (None: none)."""
         rt = self.rt
-        assert rt.store is not None
         meta = body["metadata"]
         ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
         if self._book is None:
             self._book = AuthorBook(rt.client, rt.settings.etcd_prefix)
-        note: dict[str, Any] | None = None
         try:
-            note = await self._book.lookup(ns, name, uid, body.get("spec"), generation)
+            return await self._book.lookup(
+                ns, name, uid, body.get("spec"), generation, stamp=request_stamp(meta)
+            )
         except (EtcdPermissionDenied, InvalidConfig) as exc:
             # audit fails open: a note the operator may not read (or a spec with no
             # canonical form, which validation refuses anyway) records the field manager
@@ -208,19 +230,57 @@ class Reconciler:
                 "cannot read the admission note of a change; recording its field manager only",
                 extra={"config": f"{ns}/{name}", "error": f"{type(exc).__name__}: {exc}"},
             )
+            return None
+
+    @staticmethod
+    def _needs_previous(meta: dict[str, Any], note: dict[str, Any] | None) -> bool:
+        """Whether the judgement reads the previous version (so depends on the head)."""
+        cause = (meta.get("annotations") or {}).get(CHANGE_CAUSE_ANNOTATION)
+        return bool(cause) and not (note and note.get("changeCauseSet"))
+
+    async def _judge(
+        self,
+        meta: dict[str, Any],
+        note: dict[str, Any] | None,
+        mine: Head | None,
+        origin: dict[str, Any],
+    ) -> dict[str, Any]:
+        rt = self.rt
+        assert rt.store is not None
+        ns, name = meta["namespace"], meta["name"]
         previous: dict[str, Any] | None = None
         previous_origin: dict[str, Any] | None = None
-        cause = (meta.get("annotations") or {}).get(CHANGE_CAUSE_ANNOTATION)
-        if cause and mine is not None and not (note and note.get("changeCauseSet")):
-            record = await rt.store.get_version(
-                ns, name, mine.version, expected_record_checksum=mine.record_checksum
-            )
-            previous, previous_origin = record.author, record.origin
+        if mine is not None and self._needs_previous(meta, note):
+            try:
+                record = await rt.store.get_version(
+                    ns, name, mine.version, expected_record_checksum=mine.record_checksum
+                )
+                previous, previous_origin = record.author, record.origin
+            except StoreError as exc:
+                # audit fails open: a damaged or missing previous record must not keep
+                # the change from being recorded (the commit chains on the head's record
+                # checksum; `etcdconfig verify` reports the damage). The cause is then
+                # judged as this change's, as for a first version.
+                log.warning(
+                    "cannot read the previous version to judge the change cause; "
+                    "recording the cause as this change's",
+                    extra={"config": f"{ns}/{name}", "error": f"{type(exc).__name__}: {exc}"},
+                )
         return author_of(
             meta, note=note, previous=previous, origin=origin, previous_origin=previous_origin
         )
 
-    async def _record(self, change: ChangeRequest) -> CommitResult | None:
+    async def _record(
+        self,
+        change: ChangeRequest,
+        mine: Head | None = None,
+        rejudge: Callable[[Head | None], Awaitable[dict[str, Any]]] | None = None,
+    ) -> CommitResult | None:
+        """Commit ``change`` under the Config's lock. ``rejudge``: the author depends on
+        the uid's previous version, judged against ``mine`` (the head read before the
+        lock); once the lock is held no other commit can move the head, so the head is
+        read again and, when it is not ``mine`` (another replica, or this one's resync
+        loop, recorded in between), the author is judged again against it."""
         rt = self.rt
         assert rt.store is not None
         assert rt.locks is not None
@@ -230,6 +290,15 @@ class Reconciler:
             metrics.LOCK_ACQUIRE.observe(time.monotonic() - started)
             if mutex.contended:
                 metrics.LOCK_CONTENTION.inc()
+            if rejudge is not None:
+                head = await rt.store.head(change.namespace, change.name)
+                locked = (
+                    head
+                    if head is not None and head.uid == change.uid and not head.deleted
+                    else None
+                )
+                if _position(locked) != _position(mine):
+                    change = dataclasses.replace(change, author=await rejudge(locked))
             before = dict(rt.store.stats)
             try:
                 try:

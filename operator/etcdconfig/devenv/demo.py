@@ -299,7 +299,7 @@ def webhook_configuration(ca_pem: bytes, port: int) -> dict[str, Any]:
             {
                 "name": "validate.configs.etcdconfig.io",
                 "admissionReviewVersions": ["v1"],
-                "sideEffects": "None",
+                "sideEffects": "NoneOnDryRun",  # author notes, never on a dry run
                 "failurePolicy": "Fail",
                 "timeoutSeconds": 10,
                 "matchPolicy": "Equivalent",
