@@ -141,6 +141,8 @@ class KubeAPI:
     def create_config(
         self, namespace: str, name: str, data: dict[str, Any], **spec: Any
     ) -> dict[str, Any]:
+        # retention off unless a scenario asks: the checks read every version from 1
+        spec.setdefault("history", {"maxVersions": 100000})
         status, obj = self.try_create(namespace, name, {"data": data, **spec})
         assert status == 201, (status, obj)
         return dict(obj)
