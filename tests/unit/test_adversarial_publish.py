@@ -8,6 +8,8 @@ import copy
 import json
 from typing import Any
 
+import pytest
+
 from etcdconfig.canonical import canonical_json, checksum, sha256_of
 from etcdconfig.controller import publish
 from etcdconfig.errors import CorruptRecord, NotFound
@@ -231,6 +233,11 @@ class NamedKube(FakeKube):
         )
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="documented gap (docs/configs.md): the operator has no delete on ConfigMaps; the "
+    "earlier ConfigMap stays at its version until deleted by hand or with the Config",
+)
 def test_retargeting_publish_leaves_no_owned_config_map_frozen_at_an_old_version() -> None:
     """DEFECT (design gap): when ``spec.publish.configMap.name`` changes (or
     ``spec.publish`` is removed), the ConfigMap published before stays as it is —

@@ -50,6 +50,12 @@ class Suspects(set[bytes]):
         super().clear()
         self.reported.clear()
 
+    def forget(self, keys: set[bytes]) -> None:
+        """Drop ``keys`` (those a sweep has dealt with); keys reported meanwhile stay."""
+        self.difference_update(keys)
+        if not self:
+            self.reported.clear()
+
 
 @dataclass
 class _Local:
@@ -147,6 +153,9 @@ class ConfigLocks:
         for (orphans of failed releases or abandoned acquires). Returns how many."""
         if not self.session.alive:
             return 0
+        # the keys reported before this sweep reads the locks: only those are settled by
+        # it; one reported while it runs may have landed after the read
+        settled = set(self.suspects)
         base = f"{self.prefix.rstrip('/')}/locks/configs/".encode()
         suffix = f"/{self.session.lease_id:x}".encode()
         res = await self.session.client.range(base, prefix_end(base), keys_only=True)
@@ -176,6 +185,6 @@ class ConfigLocks:
                 local.users -= 1
                 if local.users == 0:
                     self._local.pop((ns, name), None)
-        self.suspects.clear()
+        self.suspects.forget(settled)
         self.swept += removed
         return removed

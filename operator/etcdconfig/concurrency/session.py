@@ -58,7 +58,8 @@ class Session:
     async def _keepalive(self) -> None:
         stream = self.client.keepalive()
         delay = self.ttl / 3
-        failed = False
+        failed = 0  # pings failed since the last answer
+        endpoints = max(1, len(self.client.settings.endpoints))
         try:
             while True:
                 # refresh at a third of the TTL; after a failed ping, retry soon
@@ -69,26 +70,27 @@ class Session:
                     await self._give_up()
                     break
                 try:
-                    # A lost answer must not use up the lease's whole life: the first
-                    # ping of a round waits at most max(TTL/6, 1 s), then a retry goes on
-                    # a fresh stream (another endpoint). A slow answer (a busy event loop,
-                    # a leader election) is not a lost lease either: after a failure the
-                    # retry waits for as long as the lease can still be alive.
-                    wait = left if failed else min(left, max(self.ttl / 6, 1.0))
+                    # A lost answer must not use up the lease's whole life: a ping waits
+                    # at most max(TTL/6, 1 s), then the retry goes on a fresh stream to the
+                    # next endpoint, until each endpoint has failed once. A slow answer (a
+                    # busy event loop, a leader election) is not a lost lease either: from
+                    # then on a ping waits for as long as the lease can still be alive.
+                    short = min(left, max(self.ttl / 6, 1.0))
+                    wait = left if failed >= endpoints else short
                     remaining = await stream.ping(self.lease_id, max(0.1, wait))
                 except EtcdError as exc:
                     log.warning(
                         "etcd session keep-alive failed; retrying",
                         extra={"lease": f"{self.lease_id:x}", "error": str(exc)},
                     )
-                    failed = True
+                    failed += 1
                     delay = min(self.ttl / 10, 0.5)
                     continue
                 if remaining <= 0:
                     log.warning("etcd session lease is gone", extra={"lease": f"{self.lease_id:x}"})
                     break
                 self._expires_at = time.monotonic() + remaining
-                failed = False
+                failed = 0
                 delay = self.ttl / 3
         finally:
             stream.close()

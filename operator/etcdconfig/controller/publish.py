@@ -29,21 +29,18 @@ The rules:
   way the ConfigMap carries the head's version and checksum annotations, and keys
   the head no longer has are removed.
 
-- **No ConfigMap of ours is left at an old version.** After
-  ``spec.publish.configMap.name`` changes (or ``spec.publish`` goes), the ConfigMap
-  published before is kept in step with the head while it is still this Config's
-  (the operator may not delete or list ConfigMaps): found again through this
-  process's memory, the new target's ``etcdconfig.io/supersedes`` annotation and the
-  ``Published`` condition; forgotten once deleted or no longer ours.
 - **Duplicate member names are drift**: JSON such as ``{"limit": 1000, "limit": 1}``
   reads differently in different parsers, so it never counts as the head's content.
+- **After a retarget, the earlier ConfigMap is left as it is** (at the version it
+  carried; the operator may neither list nor delete ConfigMaps): delete it yourself,
+  or it goes with the Config (its ownerReference). Deleting it automatically comes
+  with the versioned ConfigMaps' garbage collection (it needs ``delete``).
 
 Messages name ConfigMaps, Configs, versions and checksums, never data values.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import re
@@ -61,12 +58,12 @@ from etcdconfig.errors import (
     UnsupportedFormat,
 )
 from etcdconfig.kube import KubeError
-from etcdconfig.models import GROUP, KIND, VERSION, ConfigMapTarget
+from etcdconfig.models import GROUP, KIND, VERSION
 from etcdconfig.reconcile import status_not_published
 
 if TYPE_CHECKING:
     from etcdconfig.controller.runtime import Runtime
-    from etcdconfig.models import ConfigSpec
+    from etcdconfig.models import ConfigMapTarget, ConfigSpec
     from etcdconfig.store import Head
 
 log = logging.getLogger(__name__)
@@ -76,8 +73,6 @@ CHECKSUM_ANNOTATION = "etcdconfig.io/checksum"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "etcdconfig"
 CONFIG_LABEL = "etcdconfig.io/config"
-# on the published ConfigMap: the ConfigMaps this Config published to before (comma-separated)
-SUPERSEDES_ANNOTATION = "etcdconfig.io/supersedes"
 
 NOT_OWNED = "ConfigMapNotOwned"
 OWNED_BY_ANOTHER = "ConfigMapOwnedByAnotherConfig"
@@ -92,12 +87,6 @@ ATTEMPTS = 3  # reads of the ConfigMap when it keeps changing between our read a
 # status this keeps the Warning to once per generation even when the resync loop and a
 # kopf handler reconcile the same Config at the same moment
 _warned: dict[str, tuple[int, str]] = {}
-
-# Config uid -> names of the ConfigMaps this process published its head to: with the
-# target's ``etcdconfig.io/supersedes`` annotation and the ``Published`` condition, how a
-# ConfigMap published before the target changed (or publish was removed) is found again
-_targets: dict[str, set[str]] = {}
-_PUBLISHED_TO = re.compile(r" is in ConfigMap (?P<name>[-.a-z0-9]{1,253})$")
 
 
 @dataclass(frozen=True)
@@ -127,20 +116,15 @@ async def publish(
 ) -> Failure | None:
     """Make ``spec.publish.configMap`` carry ``head``. None: done (or nothing to publish)."""
     target = spec.publish.config_map if spec.publish else None
-    if head.version == 0:
+    if target is None or head.version == 0:
         return None
     meta = body["metadata"]
     ns, uid = meta["namespace"], meta["uid"]
-    earlier = _earlier_targets(body)
-    if target is None:
-        await _keep_in_step(rt, body, earlier, head)
-        return None
-    earlier.discard(target.name)
     refusal: Refusal | None = None
     try:
         for _ in range(ATTEMPTS):
             try:
-                refusal = await _publish_once(rt, body, target, head, earlier)
+                refusal = await _publish_once(rt, body, target, head)
                 break
             except _Changed:
                 continue
@@ -167,44 +151,25 @@ async def publish(
             else type(exc).__name__
         )
         refusal = Refusal(reason, f"{exc}; retrying", stalled=False)
-    earlier.discard(target.name)
-    gone = await _keep_in_step(rt, body, earlier, head)
-    if refusal is None and gone:
-        # the target no longer records the earlier ConfigMaps that are gone (or not ours)
-        with contextlib.suppress(_Changed, EtcdConfigError):
-            await _publish_once(rt, body, target, head, earlier - gone, gone)
     if refusal is None:
         _warned.pop(uid, None)
-        _targets.setdefault(uid, set()).add(target.name)
         return None
     return await _refused(rt, body, target, head, refusal)
 
 
 async def _publish_once(
-    rt: Runtime,
-    body: dict[str, Any],
-    target: ConfigMapTarget,
-    head: Head,
-    earlier: set[str] | None = None,
-    gone: frozenset[str] | set[str] = frozenset(),
+    rt: Runtime, body: dict[str, Any], target: ConfigMapTarget, head: Head
 ) -> Refusal | None:
-    """Publish ``head`` to ``target``. ``earlier``: the ConfigMaps published to before,
-    recorded on the target (``etcdconfig.io/supersedes``); the names the target
-    records are added to it, but for those ``gone`` (deleted, or no longer ours)."""
     assert rt.store is not None
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
     where = f"{ns}/{target.name}"
-    earlier = set() if earlier is None else earlier
     cm = await rt.kube.read_config_map(ns, target.name)
     if cm is None:
         content = await _verified_content(rt, ns, name, target, head)
         if isinstance(content, Refusal):
             return content
-        new = _new_config_map(body, target, head, content)
-        if earlier:
-            new["metadata"]["annotations"][SUPERSEDES_ANNOTATION] = ",".join(sorted(earlier))
-        if not await rt.kube.create_config_map(ns, new):
+        if not await rt.kube.create_config_map(ns, _new_config_map(body, target, head, content)):
             raise _Changed  # created meanwhile (by whom? read it and judge)
         _published(rt, body, target, head, repaired=False)
         return None
@@ -221,9 +186,6 @@ async def _publish_once(
         )
     annotations = cm_meta.get("annotations") or {}
     labels = cm_meta.get("labels") or {}
-    recorded = _names(annotations.get(SUPERSEDES_ANNOTATION))
-    earlier.update(recorded - {target.name} - gone)
-    supersedes_ok = earlier == recorded
     carries_head = annotations.get(VERSION_ANNOTATION) == str(head.version) and annotations.get(
         CHECKSUM_ANNOTATION
     ) == str(head.checksum)
@@ -232,7 +194,7 @@ async def _publish_once(
     # json: judged by the checksum of the key's JSON (reformatting is not drift); flat:
     # judged against the verified head below, as flat text cannot be hashed back
     content_ok = not flat and _content_checksum(current.get(target.key)) == head.checksum
-    if carries_head and content_ok and labels.get(CONFIG_LABEL) == name and supersedes_ok:
+    if carries_head and content_ok and labels.get(CONFIG_LABEL) == name:
         return None  # up to date: nothing is written
     if await _newer_published(rt, ns, name, head, annotations):
         return None  # our head is stale: a newer reconcile published a newer version
@@ -241,15 +203,12 @@ async def _publish_once(
         return content
     if flat:
         content_ok = current == content
-        if carries_head and content_ok and labels.get(CONFIG_LABEL) == name and supersedes_ok:
+        if carries_head and content_ok and labels.get(CONFIG_LABEL) == name:
             return None
     # a merge patch: null removes the keys of an earlier head (or format) that are gone
     data: dict[str, Any] = {k: None for k in current if k not in content} if flat else {}
-    written: dict[str, str | None] = dict(_annotations(head))
-    if earlier or recorded:  # null removes the annotation when none is left to record
-        written[SUPERSEDES_ANNOTATION] = ",".join(sorted(earlier)) or None
     patch = {
-        "metadata": {"labels": _labels(name), "annotations": written},
+        "metadata": {"labels": _labels(name), "annotations": _annotations(head)},
         "data": {**data, **content},
     }
     if not await rt.kube.patch_config_map(
@@ -265,115 +224,6 @@ async def _publish_once(
         )
     _published(rt, body, target, head, repaired=repaired)
     return None
-
-
-def _names(text: Any) -> set[str]:
-    return {n for n in str(text or "").split(",") if n}
-
-
-def _earlier_targets(body: dict[str, Any]) -> set[str]:
-    """ConfigMaps this Config may have published to: the ones this process did, and the
-    one its ``Published`` condition names (it outlives a restart of the operator)."""
-    names = set(_targets.get(body["metadata"]["uid"], ()))
-    for cond in (body.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == "Published" and cond.get("status") == "True":
-            m = _PUBLISHED_TO.search(str(cond.get("message") or ""))
-            if m is not None:
-                names.add(m["name"])
-    return names
-
-
-async def _keep_in_step(rt: Runtime, body: dict[str, Any], names: set[str], head: Head) -> set[str]:
-    """Keep each ConfigMap this Config published to before ``spec.publish.configMap.name``
-    changed (or ``spec.publish`` was removed) carrying the head, while it is still ours:
-    the operator may not delete ConfigMaps (RBAC: get, create, patch), so one it
-    published is never left frozen at an old version; it goes with the Config, or when
-    the user deletes it. One gone or no longer ours is forgotten. A failure here is
-    logged and retried at the next reconcile; it never fails the publish of the target.
-    Returns the names forgotten."""
-    meta = body["metadata"]
-    ns, uid = meta["namespace"], meta["uid"]
-    gone: set[str] = set()
-    for cm_name in sorted(names):
-        try:
-            kept = await _step_earlier(rt, body, cm_name, head)
-        except EtcdConfigError as exc:  # the Kubernetes API, etcd, a record
-            log.warning(
-                "could not bring an earlier published ConfigMap to the head; will retry",
-                extra={
-                    "config": f"{ns}/{meta['name']}",
-                    "configMap": f"{ns}/{cm_name}",
-                    "error": str(exc),
-                },
-            )
-            continue
-        if not kept:
-            _targets.get(uid, set()).discard(cm_name)
-            gone.add(cm_name)
-    return gone
-
-
-async def _step_earlier(rt: Runtime, body: dict[str, Any], cm_name: str, head: Head) -> bool:
-    """Bring ConfigMap ``cm_name`` (an earlier target) to ``head``; False: it is gone or
-    not ours (so not to be kept in step any more)."""
-    meta = body["metadata"]
-    ns, name = meta["namespace"], meta["name"]
-    where = f"{ns}/{cm_name}"
-    for _ in range(ATTEMPTS):
-        cm = await rt.kube.read_config_map(ns, cm_name)
-        if cm is None:
-            return False
-        cm_meta = cm.get("metadata") or {}
-        if _ownership(cm_meta, meta, where) is not None:
-            return False
-        if cm_meta.get("deletionTimestamp"):
-            return False
-        annotations = cm_meta.get("annotations") or {}
-        if annotations.get(VERSION_ANNOTATION) == str(head.version) and annotations.get(
-            CHECKSUM_ANNOTATION
-        ) == str(head.checksum):
-            return True  # carries the head (its content is not judged for drift here)
-        if await _newer_published(rt, ns, name, head, annotations):
-            return True
-        current: dict[str, Any] = dict(cm.get("data") or {})
-        target = _earlier_target(cm_name, current)
-        content = await _verified_content(rt, ns, name, target, head)
-        if isinstance(content, Refusal):
-            return True  # the target's publish reports it; nothing is written here
-        data: dict[str, Any] = (
-            {k: None for k in current if k not in content} if target.format == "flat" else {}
-        )
-        patch = {
-            "metadata": {"labels": _labels(name), "annotations": _annotations(head)},
-            "data": {**data, **content},
-        }
-        if await rt.kube.patch_config_map(
-            ns, cm_name, patch, resource_version=str(cm_meta.get("resourceVersion") or "")
-        ):
-            rt.kube.event_soon(
-                body,
-                "Normal",
-                "PublishedToEarlierConfigMap",
-                f"version {head.version} published to ConfigMap {cm_name}, which this Config "
-                "published to before and still owns (it is no longer "
-                "spec.publish.configMap.name); delete it once nothing reads it",
-            )
-            return True
-    return True  # changed during each attempt: the next reconcile tries again
-
-
-def _earlier_target(cm_name: str, data: dict[str, Any]) -> ConfigMapTarget:
-    """The format an earlier target was published in, judged by what it holds: one key
-    holding a JSON object is the json form (under that key), anything else flat."""
-    if len(data) == 1:
-        (key,) = data
-        try:
-            is_object = isinstance(json.loads(str(data[key])), dict)
-        except (ValueError, RecursionError):
-            is_object = False
-        if is_object:
-            return ConfigMapTarget(name=cm_name, key=key, format="json")
-    return ConfigMapTarget(name=cm_name, format="flat")
 
 
 def _ownership(cm_meta: dict[str, Any], meta: dict[str, Any], where: str) -> Refusal | None:

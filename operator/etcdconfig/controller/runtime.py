@@ -63,18 +63,24 @@ class Runtime:
         replica is healthy."""
         interval = float(self.settings.lock_ttl)
         while True:
-            locks = self.locks
-            if locks is not None and not locks.suspects:
-                # wake at once when a key is reported (a release that failed, an
-                # acquire whose outcome is unknown), else at the next round
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(locks.suspects.reported.wait(), timeout=interval)
-            if locks is not None and locks.suspects:
-                # an acquire abandoned in flight may land a moment later: sweep shortly
-                # after the report (and again at the next round)
-                await asyncio.sleep(min(interval, 0.5))
-            elif locks is None:
-                await asyncio.sleep(interval)  # no session yet: the keeper makes one
+            # wake at once when a key is reported (a release that failed, an acquire
+            # whose outcome is unknown), else at the next round; self.locks is read
+            # again every second, since the keeper replaces it with a new session's
+            waited = 0.0
+            while waited < interval:
+                locks = self.locks
+                if locks is not None and locks.suspects:
+                    # an acquire abandoned in flight may land a moment later: sweep
+                    # shortly after the report (and again at the next round)
+                    await asyncio.sleep(min(interval, 0.5))
+                    break
+                step = min(1.0, interval - waited)
+                if locks is None:
+                    await asyncio.sleep(step)  # no session yet: the keeper makes one
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(locks.suspects.reported.wait(), timeout=step)
+                waited += step
             if self.locks is None:
                 continue
             try:
