@@ -17,12 +17,10 @@ from typing import Any
 import pytest
 from tests.faultproxy import FaultProxy
 
-from etcdconfig.audit import AuthorBook, note_admission, request_stamp
 from etcdconfig.concurrency import ConfigLocks, Session
 from etcdconfig.concurrency.locks import lock_prefix
 from etcdconfig.controller.runtime import Runtime
 from etcdconfig.devenv.etcd import EtcdServer
-from etcdconfig.errors import EtcdUnavailable
 from etcdconfig.etcd import EtcdClient, EtcdSettings, Put
 
 NS, NAME, UID = "prod", "payments", "uid-1"
@@ -147,102 +145,6 @@ async def test_defect_a_report_made_while_a_sweep_runs_is_cleared_unswept(
         session.client = client
         await _stop(sweeper)
         await session.close()
-
-
-class _FailingPut:
-    def __init__(self, client: EtcdClient) -> None:
-        self._client = client
-
-    async def grant(self, ttl: int) -> Any:
-        return await self._client.grant(ttl)
-
-    async def txn(self, *_: Any, **__: Any) -> Any:
-        raise EtcdUnavailable("etcd did not answer the note's write in time")
-
-
-def _object(gen: int, spec: dict[str, Any], when: str) -> dict[str, Any]:
-    """The object as admitted (and as stored when admitted): one spec manager entry,
-    the one the API server stamped for this request."""
-    return {
-        "metadata": {
-            "namespace": NS,
-            "name": NAME,
-            "uid": UID,
-            "generation": gen,
-            "annotations": {},
-            "managedFields": [
-                {
-                    "manager": "kubectl-client-side-apply",
-                    "operation": "Update",
-                    "apiVersion": "etcdconfig.io/v1alpha1",
-                    "time": when,
-                    "fieldsType": "FieldsV1",
-                    "fieldsV1": {"f:spec": {"f:data": {"f:v": {}}}},
-                }
-            ],
-        },
-        "spec": spec,
-    }
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="documented limitation (docs/configs.md, audit): a request is named by its spec "
-    "managedFields entry (manager, operation, time to the second); a denied request and a "
-    "later identical one through the same manager in the same second, whose own note could "
-    "not be written, cannot be told apart",
-)
-async def test_defect_a_denied_request_names_the_author_of_an_identical_change_in_its_second(
-    client: EtcdClient, prefix: str
-) -> None:
-    """The stamp (manager, operation, *time in whole seconds* of the spec managedFields
-    entries) does not identify a request: two requests that apply the same spec
-    through the same field manager in the same second produce the same stamp. The
-    design relies on both being noted ("requests that disagree make the author
-    ambiguous"), but a note is best effort (audit fails open).
-
-    Interleaving (object at generation 1, spec S1; a CI job and a person apply the same
-    commit):
-    1. alice applies S2 at 12:00:05.1. Our webhook admits it and notes {alice,
-       generation 2, stamp(kubectl-client-side-apply, Update, 12:00:05)}. A policy
-       webhook (or quota) then denies it: nothing is stored.
-    2. bob applies the same S2 at 12:00:05.7: generation 2 again, the same managedFields
-       (same manager, same second). Our webhook admits it; its note cannot be written
-       (etcd slow for 3 s: fail open). The request is stored.
-    3. The committer computes the stamp of the stored object: alice's stamp.
-
-    Observed: v2 is recorded as ``user: alice, source: admission`` — the author of a
-    denied request. Expected: no user (``source: fieldManager``), as for any change
-    whose note could not be written.
-    Fix: a stamp that identifies the request — e.g. note the admission request's
-    ``uid`` together with the old object's resourceVersion, and have the committer
-    require that the stored object's previous resourceVersion chain (or
-    ``metadata.resourceVersion`` via a post-commit watch) matches; or, when a note
-    cannot be written, write a tombstone entry ("unknown request for this stamp")
-    best-effort so the stamp becomes ambiguous."""
-    s1, s2 = {"data": {"v": 1}}, {"data": {"v": 2}}
-    old = _object(1, s1, "2026-01-01T12:00:00Z")
-    alice_admitted = _object(2, s2, "2026-01-01T12:00:05Z")
-    bob_admitted = _object(2, s2, "2026-01-01T12:00:05Z")
-    assert await note_admission(
-        AuthorBook(client, prefix),
-        operation="UPDATE",
-        userinfo={"username": "alice", "groups": []},
-        body=alice_admitted,
-        old=old,
-    )  # noted; the request is then denied by another admission plugin
-    assert not await note_admission(
-        AuthorBook(_FailingPut(client), prefix),  # type: ignore[arg-type]
-        operation="UPDATE",
-        userinfo={"username": "bob", "groups": []},
-        body=bob_admitted,
-        old=old,
-    )  # failed open: bob's request is admitted and stored
-    stored = bob_admitted
-    note = await AuthorBook(client, prefix).lookup(
-        NS, NAME, UID, s2, 2, stamp=request_stamp(stored["metadata"])
-    )
-    assert note is None, f"bob's stored change is attributed to {note['user']!r}'s denied request"
 
 
 async def test_defect_after_one_failed_ping_the_keepalive_waits_out_the_lease_on_a_dead_member(

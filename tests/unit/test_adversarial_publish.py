@@ -8,8 +8,6 @@ import copy
 import json
 from typing import Any
 
-import pytest
-
 from etcdconfig.canonical import canonical_json, checksum, sha256_of
 from etcdconfig.controller import publish
 from etcdconfig.errors import CorruptRecord, NotFound
@@ -231,38 +229,3 @@ class NamedKube(FakeKube):
         return await self._one(name).patch_config_map(
             ns, name, patch, resource_version=resource_version
         )
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="documented gap (docs/configs.md): the operator has no delete on ConfigMaps; the "
-    "earlier ConfigMap stays at its version until deleted by hand or with the Config",
-)
-def test_retargeting_publish_leaves_no_owned_config_map_frozen_at_an_old_version() -> None:
-    """DEFECT (design gap): when ``spec.publish.configMap.name`` changes (or
-    ``spec.publish`` is removed), the ConfigMap published before stays as it is —
-    still labelled managed-by etcdconfig, still controlled by the Config, still
-    annotated with the old version — and is never updated or removed while the Config
-    lives (nothing in the operator deletes ConfigMaps; only the garbage collector does,
-    with the Config). Pods mounting it keep reading a version that is no longer the
-    head, and another Config cannot take the name (``ConfigMapOwnedByAnotherConfig``,
-    stalled). Observed: ``payments-config`` carries version 1 while the head is 2.
-    Expected: the publisher's promise — the ConfigMap carries the head's data or
-    nothing — i.e. the previously published ConfigMap is deleted (conditionally on its
-    resourceVersion, only if it is ours) or at least kept in step.
-    Fix: record the published ConfigMap's name in status (e.g.
-    ``status.publishedConfigMap``) and, when the target changes or publish is removed,
-    delete the old one if it is still ours (label + controller ref to this uid),
-    with a precondition on uid/resourceVersion."""
-    store = FakeStore()
-    kube = NamedKube()
-    rt = FakeRuntime(kube, store)
-    head = store.record(1, {"limit": 1})
-    assert run(rt, body(), head) is None
-    moved = body()
-    moved["spec"]["publish"]["configMap"]["name"] = "payments-config-v2"
-    head = store.record(2, {"limit": 2})
-    assert run(rt, moved, head) is None
-    assert kube.cms["payments-config-v2"].cm is not None
-    old = kube.cms[CM].cm
-    assert old is None or old["metadata"]["annotations"][publish.VERSION_ANNOTATION] == "2"
