@@ -10,9 +10,10 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from etcdconfig.etcd import EtcdClient
-from etcdconfig.store import VersionedStore
+from etcdconfig.store import ChangeRequest, VersionedStore
 
 HOLDER = Path(__file__).with_name("holder.py")
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,3 +106,25 @@ async def assert_history_invariants(
     if final_generation is not None:
         assert head.generation == final_generation
     return gens
+
+
+def change(
+    gen: int,
+    uid: str = "u1",
+    *,
+    confirmed: bool = True,
+    namespace: str = "prod",
+    name: str = "payments",
+    **kw: Any,
+) -> ChangeRequest:
+    """A change of prod/payments at generation ``gen`` by ``uid``; ``confirmed``: the
+    test plays the API server and says the uid owns the name."""
+    return ChangeRequest(
+        namespace=namespace,
+        name=name,
+        uid=uid,
+        generation=gen,
+        data=kw.pop("data", {"gen": gen, "uid": uid}),
+        owner_confirmed=confirmed,
+        **kw,
+    )

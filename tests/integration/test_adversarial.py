@@ -24,7 +24,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from tests.integration.helpers import wait_for
+from tests.integration.helpers import change, wait_for
 from tests.integration.test_review_findings import FaultyClient
 
 from etcdconfig.concurrency import ConfigLocks, Mutex, Session
@@ -44,18 +44,6 @@ from etcdconfig.etcd import DeleteRange, EtcdClient, EtcdSettings, Put, prefix_e
 from etcdconfig.store import ChangeRequest, VersionedStore
 
 NS, NAME = "prod", "payments"
-
-
-def change(gen: int, uid: str, *, confirmed: bool = True, **kw: Any) -> ChangeRequest:
-    return ChangeRequest(
-        namespace=NS,
-        name=NAME,
-        uid=uid,
-        generation=gen,
-        data=kw.pop("data", {"gen": gen, "uid": uid}),
-        owner_confirmed=confirmed,
-        **kw,
-    )
 
 
 @dataclasses.dataclass

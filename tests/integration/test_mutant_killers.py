@@ -11,29 +11,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from tests.integration.helpers import change
 
 from etcdconfig.canonical import sha256_of
 from etcdconfig.concurrency import ConfigLocks, Session
 from etcdconfig.devenv.etcd import EtcdServer
 from etcdconfig.errors import Conflict, EtcdUnavailable, StaleIncarnation
 from etcdconfig.etcd import EtcdClient, EtcdSettings, Put
-from etcdconfig.store import ChangeRequest, VersionedStore
+from etcdconfig.store import VersionedStore
 from etcdconfig.store.records import Incarnation, dump
 
 NS, NAME = "prod", "payments"
 Hook = Callable[[], Awaitable[None]]
-
-
-def change(gen: int, uid: str = "u1", *, confirmed: bool = True, **kw: Any) -> ChangeRequest:
-    return ChangeRequest(
-        namespace=NS,
-        name=NAME,
-        uid=uid,
-        generation=gen,
-        data=kw.pop("data", {"gen": gen, "uid": uid}),
-        owner_confirmed=confirmed,
-        **kw,
-    )
 
 
 class MeddlingClient(EtcdClient):

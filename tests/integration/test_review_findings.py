@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from tests.integration.helpers import assert_history_invariants, wait_for
+from tests.integration.helpers import assert_history_invariants, change, wait_for
 
 from etcdconfig.concurrency import ConfigLocks, Mutex, Session
 from etcdconfig.concurrency.locks import lock_prefix
@@ -30,22 +30,10 @@ from etcdconfig.errors import (
     StaleIncarnation,
 )
 from etcdconfig.etcd import DeleteRange, EtcdClient, EtcdSettings, Put, Range, prefix_end
-from etcdconfig.store import ChangeRequest, VersionedStore
+from etcdconfig.store import VersionedStore
 
 NS, NAME = "prod", "payments"
 Hook = Callable[[], Awaitable[None]]
-
-
-def change(gen: int, uid: str = "u1", *, confirmed: bool = True, **kw: Any) -> ChangeRequest:
-    return ChangeRequest(
-        namespace=NS,
-        name=NAME,
-        uid=uid,
-        generation=gen,
-        data=kw.pop("data", {"gen": gen, "uid": uid}),
-        owner_confirmed=confirmed,
-        **kw,
-    )
 
 
 def _is_commit(success: Any) -> bool:
