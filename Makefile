@@ -4,20 +4,29 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install tools system-packages lint test test-unit test-integration test-e2e bench bench-quick demo demo-down soak clean
+.PHONY: install tools images system-packages lint test test-unit test-integration test-e2e bench bench-quick demo demo-down soak clean
 
-## install: a .venv with the package and every dev tool, the Go-built binaries (cached) and the
-## Debian packages the tests need (spin, the model checker of spec/)
-install: $(BIN)/.installed tools system-packages
+## install: a .venv with the package and every dev tool, the Debian packages the tests need,
+## the Go-built binaries and the node's images (both cached under ~/.cache/etcdconfig)
+install: $(BIN)/.installed system-packages tools images
 
-## system-packages: install with apt-get the Debian packages that are missing (says which)
-DEBIAN_PACKAGES := spin
+## system-packages: install with apt-get the Debian packages that are missing (says which):
+## spin (the model checker of spec/); the node's runc, CNI plugins and iptables; buildah and
+## mmdebstrap, which build the images offline
+DEBIAN_PACKAGES := spin runc containernetworking-plugins iptables buildah mmdebstrap
 system-packages:
-	@missing=""; for p in $(DEBIAN_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(DEBIAN_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
+
+## images: build the node's images offline (Debian base by mmdebstrap, the operator from the
+## Dockerfile, etcd, pause), cached and keyed by their inputs
+images: $(BIN)/.installed system-packages tools
+	$(BIN)/python -m etcdconfig.devenv.images build
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +34,8 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-## tools: build etcd, kube-apiserver, kube-controller-manager and helm from Go modules (cached under ~/.cache/etcdconfig)
+## tools: build etcd, the Kubernetes binaries (control plane and node), containerd, crictl,
+## CoreDNS and helm from Go modules (cached under ~/.cache/etcdconfig)
 tools: $(BIN)/.installed
 	$(BIN)/python -m etcdconfig.devenv.build all
 

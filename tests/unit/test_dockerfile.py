@@ -51,11 +51,12 @@ def _stages() -> list[list[str]]:
     return stages
 
 
-def test_base_images_are_pinned_exactly_and_identical() -> None:
-    froms = re.findall(r"^FROM (\S+)", DOCKERFILE.read_text(), flags=re.M)
-    assert len(froms) == 2
-    assert froms[0] == froms[1], "build and runtime stages must use the same base"
-    assert re.fullmatch(r"python:3\.11\.\d+-slim-[a-z]+(@sha256:[0-9a-f]{64})?", froms[0])
+def test_base_image_is_pinned_exactly_and_shared_by_both_stages() -> None:
+    text = DOCKERFILE.read_text()
+    froms = re.findall(r"^FROM (\S+)", text, flags=re.M)
+    assert froms == ["${BASE_IMAGE}", "${BASE_IMAGE}"], "both stages use the same base"
+    (default,) = re.findall(r"^ARG BASE_IMAGE=(\S+)", text, flags=re.M)
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-[a-z]+(@sha256:[0-9a-f]{64})?", default)
 
 
 def test_final_stage_installs_only_the_built_venv_and_runs_as_non_root() -> None:
