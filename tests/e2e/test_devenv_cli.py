@@ -23,11 +23,17 @@ CYCLES = int(os.environ.get("ETCDCONFIG_DEVENV_CYCLES", "20"))
 NAMES = ["etcd", "kube-apiserver", "kube-controller-manager"]
 
 
+def _process_only(args: tuple[str, ...]) -> list[str]:
+    """``up`` without the node: these tests are about the processes' lifecycle, and a
+    node is one per host (tests/node covers it)."""
+    return [args[0], "--no-node", *args[1:]] if args[:1] == ("up",) else list(args)
+
+
 def devenv(
     state: Path, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "etcdconfig.devenv", "--dir", str(state), *args],
+        [sys.executable, "-m", "etcdconfig.devenv", "--dir", str(state), *_process_only(args)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -38,7 +44,7 @@ def devenv(
 
 def start_devenv(state: Path, *args: str, env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "etcdconfig.devenv", "--dir", str(state), *args],
+        [sys.executable, "-m", "etcdconfig.devenv", "--dir", str(state), *_process_only(args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -2,11 +2,16 @@
 
 The same :func:`main` backs ``etcdconfig dev ...`` (pass ``prog``).
 
-    up       build (or reuse cached) binaries, start etcd + kube-apiserver +
-             kube-controller-manager on loopback, wait until ready; if that fails,
-             stop what it started and say why in one line, naming the log to read
-    down     stop every process ``up`` started (by PID; SIGTERM, then SIGKILL),
-             including what a failed or interrupted ``up`` left running
+    up       build (or reuse cached) binaries and images, start etcd +
+             kube-apiserver + kube-controller-manager + kube-scheduler and a node
+             (containerd, kubelet, kube-proxy, CoreDNS; needs root), wait until the
+             node is Ready; ``--no-node``: the control plane alone, on loopback (no
+             pods run; what most tests use, for speed). If that fails, stop what it
+             started and say why in one line, naming the log to read
+    down     remove every pod, stop every process ``up`` started (by PID; SIGTERM,
+             then SIGKILL), including what a failed or interrupted ``up`` left
+             running, and undo every host change (network device, routes, iptables
+             rules, sysctls, cgroups, mounts, paths; see etcdconfig.devenv.network)
     status   what runs, where the logs are, memory, leftovers; exit 1 if not ready
     env      shell exports: ``eval "$(python -m etcdconfig.devenv env)"``
     user     make a non-admin user's kubeconfig: ``user alice --group dev``
@@ -55,7 +60,18 @@ def build_parser(prog: str = "python -m etcdconfig.devenv") -> argparse.Argument
     )
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start the control plane and wait until it is ready")
-    up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for readiness")
+    up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
+    up.add_argument(
+        "--no-node",
+        dest="node",
+        action="store_false",
+        help="start the control plane only (no kubelet: pods never run; no root needed)",
+    )
+    up.add_argument(
+        "--aggregator-routing",
+        action="store_true",
+        help="kube-apiserver dials Service endpoints itself (webhooks work without kube-proxy)",
+    )
     down = sub.add_parser("down", help="stop the processes `up` started")
     for cmd in (up, down):
         cmd.add_argument(
@@ -159,6 +175,8 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m etcdconfig.dev
     try:
         plane = ControlPlane(args.dir)
         if args.command == "up":
+            plane.node = args.node
+            plane.aggregator_routing = args.aggregator_routing
             _up(plane, args, prog)
         elif args.command == "down":
             _down(plane, args)

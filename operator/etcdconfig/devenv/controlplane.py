@@ -46,8 +46,9 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from etcdconfig.devenv import build
+from etcdconfig.devenv import build, network
 from etcdconfig.devenv.etcd import EtcdServer, free_port
+from etcdconfig.devenv.node import NODE_NAME, Node
 from etcdconfig.devenv.pki import CertificateAuthority, KeyPair, write_signing_key
 
 if TYPE_CHECKING:
@@ -55,13 +56,39 @@ if TYPE_CHECKING:
 
 __all__ = ["STOP_GRACE", "ControlPlane", "ControlPlaneError", "ProcessInfo"]
 
+#: The node's processes (started after the control plane's, when ``node=True``).
+NODE_PROCESSES = ("kube-scheduler", "containerd", "coredns", "kubelet", "kube-proxy")
+#: What the node's CoreDNS may read (the kubelet, kube-proxy and the scheduler have their
+#: bootstrap roles: system:node via the Node authorizer, system:node-proxier, and
+#: system:kube-scheduler).
+_NODE_RBAC = """\
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "etcdconfig-dev:coredns"}
+rules:
+- apiGroups: [""]
+  resources: [services, namespaces, pods]
+  verbs: [list, watch]
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "etcdconfig-dev:coredns"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "etcdconfig-dev:coredns"}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: "system:etcdconfig-dev:coredns"}
+"""
+
 STATE_FORMAT = 2  # 2: processes carry start_time and boot_id
 CLUSTER_NAME = "etcdconfig-dev"
-SERVICE_CIDR = "10.0.0.0/24"
-SERVICE_IP = "10.0.0.1"  # the `kubernetes` Service, first address of SERVICE_CIDR
-# Controllers the tests and demos need: namespace deletion, garbage collection
-# (ownerReferences), service accounts and their tokens, kube-root-ca.crt.
-# Workload controllers are left out: without a kubelet their pods never run.
+SERVICE_CIDR = network.SERVICE_CIDR  # in 198.18.0.0/15 with the node's other addresses
+SERVICE_IP = network.SERVICE_IP  # the `kubernetes` Service, first address of SERVICE_CIDR
+# Controllers the process-only mode needs: namespace deletion, garbage collection
+# (ownerReferences), service accounts and their tokens, kube-root-ca.crt. Workload
+# controllers are left out: without a kubelet their pods never run. With a node, every
+# default controller runs (node lifecycle, EndpointSlices, Deployments, StatefulSets...).
 CONTROLLERS = (
     "namespace-controller",
     "garbage-collector-controller",
@@ -373,6 +400,11 @@ class ControlPlane:
     state_dir: Path
     kubernetes_version: str = build.KUBERNETES_VERSION
     extra_apiserver_args: tuple[str, ...] = ()
+    #: run a node (containerd, kubelet, kube-proxy, CoreDNS) with the control plane; needs
+    #: root. ``ControlPlane(dir)`` of a running cluster reads it from state.json.
+    node: bool = False
+    #: kube-apiserver dials a webhook Service's endpoints itself, without kube-proxy
+    aggregator_routing: bool = False
     _state: dict[str, Any] = field(default_factory=dict, repr=False)
     # Popen handles of processes started by this object, so they are waited for (no
     # zombies, no ResourceWarning); a ControlPlane loaded from state.json has none.
@@ -385,6 +417,13 @@ class ControlPlane:
                 self._state = json.loads(self.state_path.read_text())
             except (OSError, ValueError) as exc:
                 raise ControlPlaneError(f"cannot read {self.state_path}: {exc}") from exc
+            if self._state.get("node"):
+                self.node = True
+
+    @property
+    def host_ip(self) -> str:
+        """Where the API server listens: loopback, or the node IP when there is a node."""
+        return network.NODE_IP if self.node else "127.0.0.1"
 
     # --- paths and facts ------------------------------------------------------------------
 
@@ -471,16 +510,21 @@ class ControlPlane:
         binaries = build.ensure_kubernetes(self.kubernetes_version)
         etcd_bin, _ = build.ensure_etcd()
         self._link_tools()
+        images: list[Any] = []
+        if self.node:
+            images = self._prepare_node()
         begin = time.monotonic()
         deadline = begin + timeout
         self.state_dir.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(self.state_dir / "etcd", ignore_errors=True)
-        for name in ("etcd", "kube-apiserver", "kube-controller-manager"):
+        for name in ("etcd", "kube-apiserver", "kube-controller-manager", *NODE_PROCESSES):
             (self.log_dir / f"{name}.log").unlink(missing_ok=True)  # logs of this run only
-        self._state = {"format": STATE_FORMAT, "processes": []}
+        self._state = {"format": STATE_FORMAT, "processes": [], "node": self.node}
         self._save()
         try:
             self._start(binaries, str(etcd_bin), deadline)
+            if self.node:
+                self._start_node(binaries, images, deadline)
         except BaseException as exc:
             unstopped = self._clean_up(grace)
             if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: as they were
@@ -493,6 +537,137 @@ class ControlPlane:
             raise ControlPlaneError(f"{reason}{unstopped}") from exc
         self._state["ready_after_seconds"] = round(time.monotonic() - begin, 2)
         self._save()
+
+    # --- the node -------------------------------------------------------------------------
+
+    def _prepare_node(self) -> list[Any]:
+        """Before the clock starts: root, the node's binaries, the images (built once)."""
+        from etcdconfig.devenv import images
+
+        if os.geteuid() != 0:
+            raise ControlPlaneError(
+                "a node needs root (network devices, iptables, cgroups, mounts): run as root, "
+                "or use the process-only control plane (`up --no-node`)"
+            )
+        for tool in ("ip", "iptables", "runc", "umount"):
+            if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+                raise ControlPlaneError(
+                    f"`{tool}` not found: `make install` installs the node's Debian packages "
+                    "(iptables, runc, containernetworking-plugins, buildah, mmdebstrap)"
+                )
+        if not Path("/usr/lib/cni/bridge").exists():
+            raise ControlPlaneError(
+                "CNI plugins not found in /usr/lib/cni: apt-get install containernetworking-plugins"
+            )
+        build.ensure_containerd()
+        build.ensure_crictl()
+        build.ensure_coredns()
+        try:
+            built = images.ensure_images()
+        except images.ImageError as exc:
+            raise ControlPlaneError(_one_line(str(exc))) from exc
+        return list(built.values())
+
+    def _node(self) -> Node:
+        return Node(self.state_dir)
+
+    def _start_node(
+        self, binaries: Mapping[str, Path], imgs: Sequence[Any], deadline: float
+    ) -> None:
+        """kube-scheduler, then containerd (images imported), CoreDNS, the kubelet and
+        kube-proxy; returns once the node is Ready."""
+        from etcdconfig.devenv import images
+
+        node = self._node()
+        self.kubectl("apply", "-f", "-", input=_NODE_RBAC)
+        sched_port = free_port()
+        self._spawn("kube-scheduler", binaries["kube-scheduler"], self._scheduler_args(sched_port))
+        pause = next((i.ref for i in imgs if "/pause:" in i.ref), images.PAUSE_IMAGE)
+        node.write_config(ca=self._ca(), server=self.server, pause_ref=pause)
+        cmds = node.commands()
+        ctd = cmds["containerd"]
+        self._spawn("containerd", Path(ctd[0]), ctd[1:], env=node.env())
+        while not node.cri_ready():
+            self._check_alive("containerd")
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(
+                    f"containerd's CRI did not answer on {node.containerd_socket}; "
+                    f"{_see_log(self.log_dir / 'containerd.log')}"
+                )
+            time.sleep(_POLL)
+        try:
+            images.import_images(
+                build.ensure_containerd()["ctr"], str(node.containerd_socket), imgs
+            )
+        except images.ImageError as exc:
+            raise ControlPlaneError(_one_line(str(exc))) from exc
+        for name in ("coredns", "kubelet", "kube-proxy"):
+            self._spawn(name, Path(cmds[name][0]), cmds[name][1:])
+        self._wait_url(
+            "kube-scheduler",
+            f"https://127.0.0.1:{sched_port}/healthz",
+            deadline,
+            context=ssl._create_unverified_context(),  # self-signed serving cert, loopback only
+        )
+        self._wait_node_ready(deadline)
+
+    def _wait_node_ready(self, deadline: float) -> None:
+        last = "not registered"
+        while time.monotonic() < deadline:
+            for name in NODE_PROCESSES:
+                self._check_alive(name)
+            proc = self.kubectl("get", "node", NODE_NAME, "-o", "json", check=False)
+            if proc.returncode == 0:
+                status = json.loads(proc.stdout).get("status", {})
+                ready = [c for c in status.get("conditions", []) if c.get("type") == "Ready"]
+                taints = json.loads(proc.stdout).get("spec", {}).get("taints") or []
+                if ready and ready[0].get("status") == "True" and not taints:
+                    return
+                if ready:
+                    last = f"Ready={ready[0].get('status')} ({ready[0].get('message', '')})"
+                if taints:
+                    last += f"; taints {[t.get('key') for t in taints]}"
+            time.sleep(0.2)
+        raise ControlPlaneError(
+            f"node {NODE_NAME} not Ready before the start-up deadline ({_one_line(last, 200)}); "
+            f"{_see_log(self.log_dir / 'kubelet.log')}"
+        )
+
+    def _scheduler_args(self, port: int) -> list[str]:
+        return [
+            f"--kubeconfig={self.state_dir / 'kube-scheduler.kubeconfig'}",
+            f"--authentication-kubeconfig={self.state_dir / 'kube-scheduler.kubeconfig'}",
+            f"--authorization-kubeconfig={self.state_dir / 'kube-scheduler.kubeconfig'}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={port}",
+            "--leader-elect=false",
+            "--profiling=false",
+        ]
+
+    def _stop_node(self, grace: float) -> list[str]:
+        """Before the processes go: the kubelet (so nothing restarts pods), then every pod
+        through the CRI while containerd still runs. Returns what went wrong, if anything."""
+        problems: list[str] = []
+        for proc in self.processes:
+            if proc.name == "kubelet":
+                outcome = _stop_process(proc, grace, self._children.get(proc.pid))
+                if outcome is not None:
+                    self._children.pop(proc.pid, None)
+                    self._forget(proc, outcome)
+        if any(p.name == "containerd" and p.alive() for p in self.processes):
+            why = self._node().remove_pods()
+            if why:
+                problems.append(f"pods not removed through the CRI: {why}")
+        return problems
+
+    def _undo_host(self) -> list[str]:
+        """After the processes: kill what outlived containerd, undo every host change."""
+        node = self._node()
+        node.kill_leftovers()
+        proxy = None
+        with contextlib.suppress(build.BuildError):
+            proxy = build.ensure_kubernetes(self.kubernetes_version)["kube-proxy"]
+        return node.host.undo(kube_proxy=proxy, roots=(node.dir,))
 
     def _clean_up(self, grace: float) -> str:
         """Stop what a failed start started; never raises. Returns "" if everything
@@ -517,7 +692,15 @@ class ControlPlane:
             self._record("etcd", etcd.proc.pid, etcd_bin, etcd.log_path)
         self._state["etcd_endpoint"] = etcd.endpoint
         apiserver_port, kcm_port = free_port(), free_port()
-        self._state["server"] = f"https://127.0.0.1:{apiserver_port}"
+        if self.node:
+            host = self._node().host
+            try:
+                host.record_before()
+                host.ensure_paths()
+                host.set_up_network()
+            except network.NetworkError as exc:
+                raise ControlPlaneError(_one_line(str(exc))) from exc
+        self._state["server"] = f"https://{self.host_ip}:{apiserver_port}"
         self._write_pki()
         self._save()
         try:
@@ -552,6 +735,9 @@ class ControlPlane:
         """
         stopped: list[tuple[ProcessInfo, str]] = []
         unstopped: list[str] = []
+        node_problems: list[str] = []
+        if self.node:
+            node_problems = self._stop_node(grace)
         for proc in reversed(self.processes):
             child = self._children.get(proc.pid)
             try:
@@ -569,6 +755,13 @@ class ControlPlane:
             raise ControlPlaneError(
                 f"could not stop {', '.join(unstopped)}: still recorded in {self.state_path}"
             )
+        if self.node or self._node().host.pending:
+            left = self._undo_host()
+            if left:
+                raise ControlPlaneError(
+                    f"host changes not undone: {', '.join(left)} "
+                    f"({'; '.join(node_problems) or 'see ' + str(self.state_dir / 'host.json')})"
+                )
         return stopped
 
     # --- processes ------------------------------------------------------------------------
@@ -586,7 +779,9 @@ class ControlPlane:
         self._state.setdefault("stopped", []).append(stopped)
         self._save()
 
-    def _spawn(self, name: str, exe: Path, args: Sequence[str]) -> None:
+    def _spawn(
+        self, name: str, exe: Path, args: Sequence[str], env: Mapping[str, str] | None = None
+    ) -> None:
         log_path = self.log_dir / f"{name}.log"
         with _signals_deferred(), log_path.open("ab") as log:
             try:
@@ -596,6 +791,7 @@ class ControlPlane:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,  # survives the starting command; stopped by PID
+                    env=env,
                 )
             except OSError as exc:
                 raise ControlPlaneError(f"cannot start {name} ({exe}): {exc}") from exc
@@ -606,8 +802,8 @@ class ControlPlane:
         pki = self.pki_dir
         return [
             f"--etcd-servers={self.etcd_url}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            f"--bind-address={self.host_ip}",
+            f"--advertise-address={self.host_ip}",
             f"--secure-port={port}",
             f"--cert-dir={self.state_dir / 'apiserver-certs'}",
             f"--tls-cert-file={pki / 'apiserver.crt'}",
@@ -617,13 +813,32 @@ class ControlPlane:
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--authorization-mode=RBAC",
             "--allow-privileged=true",
+            "--profiling=false",
+            *(self._node_apiserver_args() if self.node else self._process_only_args()),
+            *self.extra_apiserver_args,
+        ]
+
+    @staticmethod
+    def _process_only_args() -> list[str]:
+        return [
+            "--authorization-mode=RBAC",
             # the `kubernetes` Service's endpoint would be 127.0.0.1, which Endpoints reject
             # (loopback); nothing in-cluster needs to reach the API server through it
             "--endpoint-reconciler-type=none",
-            "--profiling=false",
-            *self.extra_apiserver_args,
+        ]
+
+    def _node_apiserver_args(self) -> list[str]:
+        pki = self.pki_dir
+        return [
+            # the kubelet is judged as a node: its own Node, its pods' secrets, nothing else
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
+            f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+            f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+            "--kubelet-preferred-address-types=InternalIP",
+            f"--enable-aggregator-routing={'true' if self.aggregator_routing else 'false'}",
         ]
 
     def _controller_manager_args(self, port: int) -> list[str]:
@@ -637,7 +852,8 @@ class ControlPlane:
             f"--secure-port={port}",
             f"--cert-dir={self.state_dir / 'kcm-certs'}",
             "--leader-elect=false",
-            f"--controllers={','.join(CONTROLLERS)}",
+            f"--controllers={'*' if self.node else ','.join(CONTROLLERS)}",
+            *(["--node-monitor-grace-period=20s"] if self.node else []),
             # each controller acts as its own service account, as in a kubeadm cluster,
             # so RBAC is exercised the way production exercises it
             "--use-service-account-credentials=true",
@@ -665,8 +881,24 @@ class ControlPlane:
                 "kubernetes.default.svc",
                 "kubernetes.default.svc.cluster.local",
             ),
-            ip_addresses=("127.0.0.1", SERVICE_IP),
+            ip_addresses=("127.0.0.1", SERVICE_IP, network.NODE_IP),
         )
+        if self.node:
+            ca.issue(
+                pki / "apiserver-kubelet-client",
+                common_name="kube-apiserver-kubelet-client",
+                organizations=("system:masters",),
+                client=True,
+            )
+            sched = ca.issue(
+                pki / "kube-scheduler", common_name="system:kube-scheduler", client=True
+            )
+            _write_private(
+                self.state_dir / "kube-scheduler.kubeconfig",
+                yaml.safe_dump(
+                    _kubeconfig(self.server, ca.cert_pem, "system:kube-scheduler", sched)
+                ),
+            )
         if not (pki / "sa.key").exists():
             write_signing_key(pki / "sa.key", pki / "sa.pub")
         admin = ca.issue(
