@@ -7,10 +7,13 @@ Fixtures:
 
 - ``built_images`` (session): every image, built offline and cached
   (:mod:`etcdconfig.devenv.images`): ``{"operator": Image, "etcd": ..., "pause": ...}``.
-- ``node_cluster`` (module): a :class:`ControlPlane` with ``node=True``, Ready.
+- ``node_cluster`` (module): a :class:`ControlPlane` with ``node=True``, Ready; the API
+  server writes an audit log of every request by the operator's ServiceAccount
+  (``audit_log(plane)``), so a test can prove which permissions the pods really use.
 - ``release`` (module): ``helm install`` of charts/etcdconfig into ``etcdconfig-system``
   with the local images, 2 operator replicas, the webhook on and the bundled etcd
-  (1 member, emptyDir), waited for with ``--wait``.
+  (1 member, on a PersistentVolume of the node: a ``helm uninstall`` keeps its claim,
+  as in a cluster with a storage provisioner), waited for with ``--wait``.
 """
 
 from __future__ import annotations
@@ -36,6 +39,25 @@ CHART = ROOT / "charts" / "etcdconfig"
 RELEASE = "etcdconfig"
 RELEASE_NS = "etcdconfig-system"
 START_TIMEOUT = 240.0
+OPERATOR_SA = f"system:serviceaccount:{RELEASE_NS}:{RELEASE}"
+AUDIT_POLICY = f"""\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  users: ["{OPERATOR_SA}"]
+- level: None
+"""
+
+
+def audit_log(plane: ControlPlane) -> list[dict[str, Any]]:
+    """The API server's audit events (requests by the operator's ServiceAccount)."""
+    path = plane.state_dir / "audit.log"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
 
 pytestmark = pytest.mark.node
 
@@ -71,7 +93,17 @@ def node_cluster(
             pytest.fail(f"ETCDCONFIG_NODE_CLUSTER={reuse}: no ready node cluster there")
         yield plane
         return
-    plane = ControlPlane(tmp_path_factory.mktemp("node"), node=True)
+    state = tmp_path_factory.mktemp("node")
+    policy = state / "audit-policy.yaml"
+    policy.write_text(AUDIT_POLICY)
+    plane = ControlPlane(
+        state,
+        node=True,
+        extra_apiserver_args=(
+            f"--audit-policy-file={policy}",
+            f"--audit-log-path={state / 'audit.log'}",
+        ),
+    )
     plane.start(timeout=START_TIMEOUT)
     try:
         yield plane
@@ -91,7 +123,6 @@ def image_values(built: dict[str, images.Image], operator_ref: str | None = None
         f"--set=etcd.bundled.image.repository={etcd_repo}",
         f"--set=etcd.bundled.image.tag={etcd_tag}",
         "--set=etcd.bundled.image.pullPolicy=Never",
-        "--set=etcd.bundled.persistence.enabled=false",
     ]
 
 
@@ -163,6 +194,7 @@ def release(node_cluster: ControlPlane, built_images: dict[str, images.Image]) -
         reused = Release(node_cluster, RELEASE_NS, RELEASE)  # a reused cluster
         reused.settle()
         return reused
+    etcd_volume(node_cluster, "etcd-0")
     node_cluster.helm(
         "install",
         RELEASE,
@@ -171,11 +203,32 @@ def release(node_cluster: ControlPlane, built_images: dict[str, images.Image]) -
         RELEASE_NS,
         "--create-namespace",
         *image_values(built_images),
+        "--set=etcd.bundled.persistence.enabled=true",
         "--wait",
         "--timeout=240s",
         timeout=300,
     )
     return Release(node_cluster, RELEASE_NS, RELEASE)
+
+
+def etcd_volume(plane: ControlPlane, name: str, size: str = "1Gi") -> None:
+    """A hostPath PersistentVolume in the node's directory, owned by the etcd image's uid
+    (a hostPath volume gets no fsGroup), for the bundled etcd's claim to bind to."""
+    path = plane.state_dir / "node" / "volumes" / name
+    path.mkdir(parents=True, exist_ok=True)
+    os.chown(path, 10001, 10001)
+    pv = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": f"etcdconfig-dev-{name}"},
+        "spec": {
+            "capacity": {"storage": size},
+            "accessModes": ["ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "hostPath": {"path": str(path), "type": "Directory"},
+        },
+    }
+    plane.kubectl("apply", "-f", "-", input=json.dumps(pv))
 
 
 @pytest.fixture

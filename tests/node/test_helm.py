@@ -8,14 +8,20 @@ answering through its Service, the store read back from the bundled etcd pod.
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.request
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from tests.node.conftest import Release, wait_for
+from tests.node.conftest import CHART, Release, audit_log, image_values, wait_for
+
+from etcdconfig.devenv import build, images
+from etcdconfig.devenv.node import NODE_NAME, Node
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from etcdconfig.devenv.controlplane import ControlPlane
 
 
@@ -179,3 +185,264 @@ def test_sigterm_hands_the_configs_over_at_once(release: Release, namespace: str
     assert took_over < lock_ttl, f"another replica recorded after {took_over:.2f}s"
     release.settle()
     print(f"SIGTERM: left membership in {left:.2f}s, next version by another in {took_over:.2f}s")
+
+
+def _versions(release: Release, namespace: str, name: str) -> list[dict[str, Any]]:
+    history = release.cli("history", f"{namespace}/{name}")
+    return sorted(history["versions"], key=lambda v: v["version"])
+
+
+def _stream(
+    release: Release, namespace: str, name: str, updates: int, midway: Callable[[], None]
+) -> None:
+    """Apply ``seq`` 1..updates one after another (each acknowledged by the API server),
+    calling ``midway`` after the first third; then wait until the last is recorded."""
+    plane = release.plane
+    for seq in range(1, updates + 1):
+        plane.kubectl("apply", "-f", "-", input=config(namespace, name, {"seq": seq}))
+        if seq == updates // 3:
+            midway()
+    final = generation(plane, namespace, name)
+    wait_for(
+        f"generation {final} recorded",
+        lambda: recorded(plane, namespace, name, final),
+        timeout=120,
+    )
+
+
+def _assert_exact_history(release: Release, namespace: str, name: str, updates: int) -> None:
+    """Nothing lost, duplicated or stale: versions 1..k, one per generation, their data
+    strictly increasing (coalesced updates are skipped, never reordered), the newest
+    the last update; the store verifies; no lock key is left behind."""
+    versions = _versions(release, namespace, name)
+    assert [v["version"] for v in versions] == list(range(1, len(versions) + 1))
+    generations = [v["generation"] for v in versions]
+    assert generations == sorted(set(generations)), generations
+    seqs = [
+        release.cli("show", f"{namespace}/{name}", "--version", str(v["version"]))["data"]["seq"]
+        for v in versions
+    ]
+    assert seqs == sorted(set(seqs)), seqs
+    assert seqs[0] == 0 and seqs[-1] == updates, seqs
+    assert release.cli("verify", f"{namespace}/{name}")["intact"] is True
+    wait_for(
+        "no lock key left",
+        lambda: not release.cli("locks").get("locks"),
+        timeout=30,
+    )
+
+
+def test_deleting_the_owning_pod_during_a_stream_loses_and_duplicates_nothing(
+    release: Release, namespace: str
+) -> None:
+    plane = release.plane
+    plane.kubectl("apply", "-f", "-", input=config(namespace, "stream", {"seq": 0}))
+    wait_for("version 1", lambda: recorded(plane, namespace, "stream", 1))
+    owner = _owner(release, namespace, "stream")
+
+    def kill_owner() -> None:
+        plane.kubectl("delete", "pod", "-n", release.namespace, owner, "--wait=false")
+
+    _stream(release, namespace, "stream", 30, kill_owner)
+    _assert_exact_history(release, namespace, "stream", 30)
+    recorders = {v["recordedBy"] for v in _versions(release, namespace, "stream")}
+    assert owner in recorders and len(recorders) >= 2, recorders
+    release.settle()
+
+
+def test_helm_upgrade_to_a_new_image_during_a_stream_loses_and_duplicates_nothing(
+    release: Release, namespace: str, built_images: dict[str, images.Image]
+) -> None:
+    plane = release.plane
+    new = images.build_operator_image(label="upgrade-test")
+    assert new.ref != built_images["operator"].ref
+    images.import_images(
+        build.ensure_containerd()["ctr"], str(Node(plane.state_dir).containerd_socket), [new]
+    )
+    plane.kubectl("apply", "-f", "-", input=config(namespace, "upgrade", {"seq": 0}))
+    wait_for("version 1", lambda: recorded(plane, namespace, "upgrade", 1))
+    upgrade: list[threading.Thread] = []
+
+    def start_upgrade() -> None:
+        tag = new.ref.rpartition(":")[2]
+        thread = threading.Thread(
+            target=lambda: plane.helm(
+                "upgrade",
+                release.name,
+                str(CHART),
+                "-n",
+                release.namespace,
+                "--reuse-values",
+                f"--set=image.tag={tag}",
+                "--wait",
+                "--timeout=240s",
+                timeout=300,
+            )
+        )
+        thread.start()
+        upgrade.append(thread)
+
+    _stream(release, namespace, "upgrade", 30, start_upgrade)
+    upgrade[0].join(timeout=300)
+    release.settle()
+    assert {p["spec"]["containers"][0]["image"] for p in release.ready_pods()} == {new.ref}
+    _assert_exact_history(release, namespace, "upgrade", 30)
+
+
+def test_an_eviction_respects_the_pod_disruption_budget(release: Release, namespace: str) -> None:
+    plane = release.plane
+    pdb = json.loads(
+        plane.kubectl("get", "pdb", release.name, "-n", release.namespace, "-o", "json").stdout
+    )
+    assert pdb["spec"]["maxUnavailable"] == 1
+    plane.kubectl("cordon", NODE_NAME)
+    try:
+        drain = plane.kubectl(
+            "drain",
+            NODE_NAME,
+            "--pod-selector=app.kubernetes.io/component=operator",
+            "--delete-emptydir-data",
+            "--timeout=15s",
+            check=False,
+            timeout=60,
+        )
+        # one replica may go; the other would break the budget, and its replacement
+        # cannot schedule on the cordoned (only) node: the drain must give up on it
+        assert drain.returncode != 0
+        assert "disruption budget" in drain.stderr, drain.stderr
+        running = [p for p in release.pods() if p["status"].get("phase") == "Running"]
+        assert len(running) == 1, [p["metadata"]["name"] for p in release.pods()]
+        # the remaining replica keeps recording
+        plane.kubectl("apply", "-f", "-", input=config(namespace, "during-drain", {"a": 1}))
+        wait_for("recorded during the drain", lambda: recorded(plane, namespace, "during-drain", 1))
+    finally:
+        plane.kubectl("uncordon", NODE_NAME)
+    release.settle()
+
+
+def test_a_missing_permission_is_reported_with_the_exact_verb(
+    release: Release, namespace: str
+) -> None:
+    """RBAC proved by the running pod: take one verb the chart grants away, and the
+    operator says exactly which; give it back, and it recovers on its own."""
+    plane = release.plane
+    role = json.loads(plane.kubectl("get", "clusterrole", release.name, "-o", "json").stdout)
+    original = json.loads(json.dumps(role))
+    for rule in role["rules"]:
+        if rule.get("resources") == ["configmaps"]:
+            rule["verbs"] = [v for v in rule["verbs"] if v != "create"]
+    plane.kubectl("replace", "-f", "-", input=json.dumps(role))
+    published = {
+        "apiVersion": "etcdconfig.io/v1alpha1",
+        "kind": "Config",
+        "metadata": {"name": "published", "namespace": namespace},
+        "spec": {"data": {"a": 1}, "publish": {"configMap": {"name": "published-cm"}}},
+    }
+    try:
+        plane.kubectl("apply", "-f", "-", input=json.dumps(published))
+        expected = (
+            f"create ConfigMap {namespace}/published-cm: forbidden by RBAC: user "
+            f'"system:serviceaccount:{release.namespace}:{release.name}" may not create '
+            f'configmaps in namespace "{namespace}"'
+        )
+
+        def reported() -> str | None:
+            ready = [
+                c
+                for c in status_of(plane, namespace, "published").get("conditions", [])
+                if c["type"] == "Published"
+            ]
+            return ready[0]["message"] if ready and expected in ready[0]["message"] else None
+
+        message = wait_for("the permission error in status", reported, timeout=90)
+        assert expected in message, message
+    finally:
+        for key in ("resourceVersion", "uid", "creationTimestamp", "managedFields"):
+            original["metadata"].pop(key, None)
+        plane.kubectl("replace", "-f", "-", input=json.dumps(original))
+
+    def published_cm() -> dict[str, Any] | None:
+        out = plane.kubectl(
+            "get", "configmap", "published-cm", "-n", namespace, "-o", "json", check=False
+        )
+        return json.loads(out.stdout) if out.returncode == 0 else None
+
+    cm = wait_for("the ConfigMap once the verb is back", published_cm, timeout=90)
+    assert cm["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "etcdconfig"
+    # a change of data patches the ConfigMap: the last verb of the chart's configmaps rule
+    published["spec"]["data"] = {"a": 2}
+    plane.kubectl("apply", "-f", "-", input=json.dumps(published))
+    wait_for(
+        "version 2 in the ConfigMap",
+        lambda: (
+            ((published_cm() or {}).get("metadata", {}).get("annotations") or {}).get(
+                "etcdconfig.io/version"
+            )
+            == "2"
+        ),
+        timeout=90,
+    )
+
+
+def test_helm_uninstall_keeps_the_crd_the_configs_and_their_history(
+    release: Release, namespace: str, built_images: dict[str, images.Image]
+) -> None:
+    plane = release.plane
+    plane.kubectl("apply", "-f", "-", input=config(namespace, "kept", {"v": 1}))
+    wait_for("version 1", lambda: recorded(plane, namespace, "kept", 1))
+    plane.helm("uninstall", release.name, "-n", release.namespace, "--wait", timeout=180)
+    assert plane.kubectl("get", "crd", "configs.etcdconfig.io", check=False).returncode == 0
+    kept = json.loads(plane.kubectl("get", "config", "kept", "-n", namespace, "-o", "json").stdout)
+    assert kept["spec"]["data"] == {"v": 1}
+    claims = json.loads(plane.kubectl("get", "pvc", "-n", release.namespace, "-o", "json").stdout)[
+        "items"
+    ]
+    assert [c["metadata"]["name"] for c in claims] == [f"data-{release.name}-etcd-0"]
+    # the same release installed again finds the history where it was
+    plane.helm(
+        "install",
+        release.name,
+        str(CHART),
+        "-n",
+        release.namespace,
+        *image_values(built_images),
+        "--set=etcd.bundled.persistence.enabled=true",
+        "--wait",
+        "--timeout=240s",
+        timeout=300,
+    )
+    release.settle()
+    assert [v["version"] for v in _versions(release, namespace, "kept")] == [1]
+    plane.kubectl("apply", "-f", "-", input=config(namespace, "kept", {"v": 2}))
+    wait_for("version 2", lambda: recorded(plane, namespace, "kept", 2), timeout=90)
+    assert [v["version"] for v in _versions(release, namespace, "kept")] == [1, 2]
+
+
+def _granted(role: dict[str, Any]) -> set[tuple[str, str, str]]:
+    return {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def test_the_chart_grants_nothing_the_operator_does_not_use(release: Release) -> None:
+    """Every (group, resource, verb) of the chart's ClusterRole appears, allowed, in the
+    API server's audit log of the operator's ServiceAccount over this module's tests —
+    and the operator was never denied anything but the verb a test took away."""
+    plane = release.plane
+    role = json.loads(plane.kubectl("get", "clusterrole", release.name, "-o", "json").stdout)
+    used: set[tuple[str, str, str]] = set()
+    denied: set[tuple[str, str, str]] = set()
+    for event in audit_log(plane):
+        ref = event.get("objectRef") or {}
+        resource = ref.get("resource", "")
+        if ref.get("subresource"):
+            resource = f"{resource}/{ref['subresource']}"
+        key = (ref.get("apiGroup", ""), resource, event["verb"])
+        code = (event.get("responseStatus") or {}).get("code", 0)
+        (denied if code == 403 else used).add(key)
+    assert _granted(role) - used == set()
+    assert denied <= {("", "configmaps", "create")}, denied
