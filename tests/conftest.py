@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 TESTS = Path(__file__).resolve().parent
-TIERS = ("unit", "integration", "e2e", "model")
+TIERS = ("unit", "integration", "e2e", "node", "model")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -59,8 +59,6 @@ def audit_log(plane: ControlPlane) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-pytestmark = pytest.mark.node
-
 if os.geteuid() != 0:  # a node needs root; CI runs as root, so this never skips there
     pytest.skip("the node tier needs root", allow_module_level=True)
 
