@@ -81,11 +81,16 @@ bench-quick: install
 	$(BIN)/python bench/e2e.py --quick
 	$(BIN)/python bench/replicas.py --quick
 
-## demo: local control plane + etcd + the operator + the sample Configs, then their history
-demo: install
+## demo: a local single-node cluster, the chart installed by Helm from local images, the
+## sample Configs and their history (needs root: a network device, iptables, cgroups)
+demo: require-root install
 	$(BIN)/python -m etcdconfig.devenv.demo up
 
-## demo-down: stop what `make demo` started
+.PHONY: require-root
+require-root:
+	@[ "$$(id -u)" = 0 ] || { echo "error: make demo runs a real node (network device, iptables, cgroups): run it as root (sudo make demo)" >&2; exit 1; }
+
+## demo-down: stop the node `make demo` started (every pod, process and host change)
 demo-down:
 	$(BIN)/python -m etcdconfig.devenv.demo down
 
