@@ -154,8 +154,7 @@ class Membership:
     async def leave(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task})  # a cancellation of our caller still propagates
             self._task = None
         with contextlib.suppress(EtcdError):
             await self.client.delete_range(self.key)

@@ -117,14 +117,16 @@ class Session:
 
     async def close(self) -> None:
         """Stop refreshing and revoke the lease (releases every lock at once)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self.done.set()
-        if self.lease_id:
-            with contextlib.suppress(EtcdError):
-                await self.client.revoke(self.lease_id)
+        try:
+            if self._task is not None:
+                self._task.cancel()
+                # wait for it to end; a cancellation of our caller is not swallowed
+                await asyncio.wait({self._task})
+        finally:
+            self.done.set()
+            if self.lease_id:
+                with contextlib.suppress(EtcdError):
+                    await self.client.revoke(self.lease_id)
 
     async def __aenter__(self) -> Session:
         return await self.start()

@@ -82,9 +82,10 @@ def build_registry(runtime: Runtime, reconciler: Reconciler) -> kopf.OperatorReg
         try:
             status = await reconciler.reconcile(obj, trigger=str(reason), retry=retry)
         except RetryLater as exc:
-            _apply(patch, obj, exc.status)
+            if not runtime.stopping:  # once it left, the new owner's status stands
+                _apply(patch, obj, exc.status)
             raise kopf.TemporaryError(str(exc), delay=exc.delay) from None
-        if status is not None:
+        if status is not None and not runtime.stopping:
             _apply(patch, obj, status)
 
     @kopf.on.delete(*RESOURCE, registry=registry, id="finalize")

@@ -62,33 +62,68 @@ async def run(settings: Settings) -> None:
     ready = asyncio.Event()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    http = await start_http(runtime, ready, settings.http_addr, settings.http_port)
-    # supervised: a crash is logged, restarted with backoff and shown on /readyz
-    runtime.supervisor.add("resync", Resync(runtime, reconciler).run)
-    log.info(
-        "operator starting",
-        extra={
-            "replica": settings.replica_id,
-            "etcd": ",".join(settings.etcd_endpoints),
-            "prefix": settings.etcd_prefix,
-            "namespaces": ",".join(settings.namespaces) or "*",
-        },
-    )
+    leave_now = asyncio.Event()
+
+    async def leave() -> None:
+        """Stop the background tasks, leave membership and revoke the session's lease
+        (every lock with it), once, as soon as ``leave_now`` is set: on SIGTERM at once,
+        not after kopf's own shutdown (seconds). A handler still running meanwhile cannot
+        write: its lock went with the lease, and every commit is fenced by the lock
+        key's revision. Created before kopf.operator(): kopf cancels every task created
+        after it started ("hung", 5 s into its shutdown), and this one must finish."""
+        await leave_now.wait()
+        await runtime.stop()
+
+    leaving = loop.create_task(leave(), name="leave")
+
+    def on_signal(sig: signal.Signals) -> None:
+        log.info("stopping: leaving membership and releasing locks", extra={"signal": sig.name})
+        stop.set()
+        leave_now.set()
+
+    def take_signals() -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
+
+    async def take_signals_from_kopf() -> None:
+        # kopf.operator() installs handlers of its own (which only stop kopf, seconds
+        # later); it has by the time it is ready, so ours replace them then. Our stop
+        # flag stops kopf just as its own handler would.
+        await ready.wait()
+        take_signals()
+
+    take_signals()
+    signals = loop.create_task(take_signals_from_kopf(), name="signals")
+    http = None
     try:
-        await kopf.operator(
-            registry=build_registry(runtime, reconciler),
-            settings=operator_settings(runtime),
-            standalone=True,
-            clusterwide=not settings.namespaces,
-            namespaces=settings.namespaces,
-            ready_flag=ready,
-            stop_flag=stop,
-        )
+        http = await start_http(runtime, ready, settings.http_addr, settings.http_port)
+        if not stop.is_set():  # a signal during start-up: leave() may be stopping already
+            # supervised: a crash is logged, restarted with backoff and shown on /readyz
+            runtime.supervisor.add("resync", Resync(runtime, reconciler).run)
+            log.info(
+                "operator starting",
+                extra={
+                    "replica": settings.replica_id,
+                    "etcd": ",".join(settings.etcd_endpoints),
+                    "prefix": settings.etcd_prefix,
+                    "namespaces": ",".join(settings.namespaces) or "*",
+                },
+            )
+            await kopf.operator(
+                registry=build_registry(runtime, reconciler),
+                settings=operator_settings(runtime),
+                standalone=True,
+                clusterwide=not settings.namespaces,
+                namespaces=settings.namespaces,
+                ready_flag=ready,
+                stop_flag=stop,
+            )
     finally:
-        await runtime.stop()  # stops the supervised tasks first
-        await http.cleanup()
+        signals.cancel()
+        leave_now.set()
+        await leaving  # stops the supervised tasks first (or waits for the signal's stop)
+        if http is not None:
+            await http.cleanup()
         await kube.close()
         await client.close()
         log.info("operator stopped")

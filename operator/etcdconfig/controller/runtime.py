@@ -40,6 +40,8 @@ class Runtime:
     # another is one line: runtime.supervisor.add("name", coroutine_factory)
     supervisor: Supervisor = field(default_factory=Supervisor)
     _loss_counted: Session | None = field(default=None, repr=False)
+    # set when stop() begins: a replica that is leaving reports no status (the new owner does)
+    stopping: bool = False
 
     async def start(self) -> None:
         s = self.settings
@@ -141,6 +143,7 @@ class Runtime:
         return self.session is not None and self.session.alive
 
     async def stop(self) -> None:
+        self.stopping = True
         await self.supervisor.stop()
         if self.membership is not None:
             await self.membership.leave()
