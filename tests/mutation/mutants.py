@@ -20,6 +20,11 @@ MUTEX = "operator/etcdconfig/concurrency/mutex.py"
 LOCKS = "operator/etcdconfig/concurrency/locks.py"
 RECONCILER = "operator/etcdconfig/controller/reconciler.py"
 READER = "operator/etcdconfig/reader.py"
+SESSION = "operator/etcdconfig/concurrency/session.py"
+MEMBERSHIP = "operator/etcdconfig/concurrency/membership.py"
+HANDLERS = "operator/etcdconfig/controller/handlers.py"
+MAIN = "operator/etcdconfig/controller/main.py"
+NETWORK = "operator/etcdconfig/devenv/network.py"
 
 T_STORE = "tests/integration/test_store.py"
 T_REVIEW = "tests/integration/test_review_findings.py"
@@ -27,6 +32,7 @@ T_FENCING = "tests/integration/test_fencing.py"
 T_READER = "tests/integration/test_reader.py"
 T_ADVERSARIAL = "tests/integration/test_adversarial.py"
 T_KILLERS = "tests/integration/test_mutant_killers.py"
+T_SHUTDOWN = "tests/integration/test_adversarial_shutdown.py"
 
 # lines of the commit's and the deletion's compares (indented where used)
 FENCE = "*self.fencing_compares(mutex),\n"
@@ -352,5 +358,68 @@ MUTANTS: tuple[Mutant, ...] = (
         tests=(
             f"{T_KILLERS}::test_supersede_refused_when_the_old_uids_record_changed_after_the_read",
         ),
+    ),
+    # --- shutdown: leave at once, and nothing of the departing replica comes back ------------
+    Mutant(
+        id="M23",
+        file=SESSION,
+        guard="Session.close: a cancellation of its caller propagates (else a stopping "
+        "keeper re-joins on a fresh lease after leave)",
+        original="                await asyncio.wait({self._task})\n",
+        replacement=(
+            "                with contextlib.suppress(asyncio.CancelledError):\n"
+            "                    await self._task\n"
+        ),
+        tests=(f"{T_SHUTDOWN}::test_defect_keeper_swallows_the_stop_and_rejoins_after_leave",),
+    ),
+    Mutant(
+        id="M24",
+        file=HANDLERS,
+        guard="reconcile: a replica that is stopping writes no retry status (the new owner's "
+        "stands)",
+        original=(
+            "            if not runtime.stopping:  # once it left, the new owner's status stands\n"
+            "                _apply(patch, obj, exc.status)\n"
+        ),
+        replacement="            _apply(patch, obj, exc.status)\n",
+        tests=(
+            f"{T_SHUTDOWN}::test_defect_late_status_of_the_departed_replica_overwrites_the_new_owners",
+        ),
+    ),
+    Mutant(
+        id="M25",
+        file=MAIN,
+        guard="run: the leave task exists before kopf starts (kopf cancels later tasks, so a "
+        "slow leave would end in CancelledError)",
+        original='    leaving = loop.create_task(leave(), name="leave")\n',
+        replacement=(  # created only when awaited, in the finally: after kopf has stopped
+            "    class _Lazy:\n"
+            "        task = None\n"
+            "\n"
+            "        def __await__(self):\n"
+            "            if _Lazy.task is None:\n"
+            '                _Lazy.task = loop.create_task(leave(), name="leave")\n'
+            "            return _Lazy.task.__await__()\n"
+            "\n"
+            "    leaving = _Lazy()\n"
+        ),
+        tests=(
+            f"{T_SHUTDOWN}::test_defect_kopf_cancels_the_leave_task_when_etcd_is_slow",
+            f"{T_SHUTDOWN}::test_sigterm_leaves_at_once_while_a_handler_holds_a_lock_and_it_writes_nothing",
+        ),
+    ),
+    # --- the node: dev down leaves the host as dev up found it ---------------------------------
+    Mutant(
+        id="M26",
+        file=NETWORK,
+        guard="undo: iptables rules and chains that were not there before up are removed",
+        original=(
+            '        if "iptables_before" in self.data:  # the kubelet\'s own chains, and '
+            "anything else new\n"
+            '            problems += _restore_iptables(self.data["iptables_before"])\n'
+        ),
+        replacement="",
+        tests=("tests/node/test_host.py::test_down_leaves_the_host_as_up_found_it[clean]",),
+        timeout=600.0,
     ),
 )

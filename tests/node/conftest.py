@@ -131,13 +131,34 @@ class Release:
     name: str
 
     def settle(self) -> None:
-        """Wait until the operator Deployment and the etcd StatefulSet are fully rolled out
-        and every operator replica is Ready (after a test deleted or replaced pods)."""
+        """Wait until the operator Deployment and the etcd StatefulSet are fully rolled out,
+        every operator replica is Ready and the webhook answers (after a test deleted or
+        replaced pods)."""
         for kind in (f"deployment/{self.name}", f"statefulset/{self.name}-etcd"):
             self.plane.kubectl(
                 "rollout", "status", kind, "-n", self.namespace, "--timeout=180s", timeout=200
             )
         wait_for("2 Ready operator pods", lambda: len(self.ready_pods()) == 2, timeout=60)
+        # Ready pods are not yet reachable: the EndpointSlice and then kube-proxy's rules
+        # follow; the webhook answers a server-side dry run once the path is complete
+        probe = json.dumps(
+            {
+                "apiVersion": "etcdconfig.io/v1alpha1",
+                "kind": "Config",
+                "metadata": {"name": "settle-probe", "namespace": "default"},
+                "spec": {"data": {}},
+            }
+        )
+        wait_for(
+            "the webhook to answer through its Service",
+            lambda: (
+                self.plane.kubectl(
+                    "create", "--dry-run=server", "-f", "-", input=probe, check=False
+                ).returncode
+                == 0
+            ),
+            timeout=60,
+        )
 
     def pods(self, component: str = "operator") -> list[dict[str, Any]]:
         selector = f"app.kubernetes.io/instance={self.name},app.kubernetes.io/component={component}"
@@ -206,7 +227,9 @@ def release(node_cluster: ControlPlane, built_images: dict[str, images.Image]) -
         "--timeout=240s",
         timeout=300,
     )
-    return Release(node_cluster, RELEASE_NS, RELEASE)
+    installed = Release(node_cluster, RELEASE_NS, RELEASE)
+    installed.settle()
+    return installed
 
 
 def etcd_volume(plane: ControlPlane, name: str, size: str = "1Gi") -> None:

@@ -7,7 +7,9 @@ answering through its Service, the store read back from the bundled etcd pod.
 
 from __future__ import annotations
 
+import errno
 import json
+import subprocess
 import threading
 import time
 import urllib.request
@@ -446,3 +448,68 @@ def test_the_chart_grants_nothing_the_operator_does_not_use(release: Release) ->
         (denied if code == 403 else used).add(key)
     assert _granted(role) - used == set()
     assert denied <= {("", "configmaps", "create")}, denied
+
+
+def test_nothing_leaves_the_machine(release: Release, namespace: str) -> None:
+    """Pods have no route out, their DNS answers cluster.local only, and an image pull
+    goes to the mirror that points nowhere — never to a registry."""
+    plane = release.plane
+    pod = release.ready_pods()[0]["metadata"]["name"]
+    probe = (
+        "import socket\n"
+        "s = socket.socket(); s.settimeout(2)\n"
+        "try:\n"
+        "    s.connect(('192.0.2.1', 80))\n"  # TEST-NET-1: never routed anywhere
+        "except OSError as e:\n"
+        "    print('connect', e.errno)\n"
+        "for name in ('kubernetes.default.svc.cluster.local', 'example.com'):\n"
+        "    try:\n"
+        "        print(name, socket.gethostbyname(name))\n"
+        "    except OSError as e:\n"
+        "        print(name, 'unresolved')\n"
+    )
+    out = plane.kubectl("exec", "-n", release.namespace, pod, "--", "python3", "-c", probe)
+    assert out.stdout.splitlines() == [
+        f"connect {errno.ENETUNREACH}",
+        "kubernetes.default.svc.cluster.local 198.18.16.1",
+        "example.com unresolved",
+    ], out.stdout
+    puller = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "puller", "namespace": namespace},
+        "spec": {
+            "containers": [
+                {"name": "c", "image": "registry.example/nothing:1", "imagePullPolicy": "Always"}
+            ]
+        },
+    }
+    plane.kubectl("apply", "-f", "-", input=json.dumps(puller))
+
+    def pull_failure() -> str | None:
+        events = json.loads(
+            plane.kubectl(
+                "get",
+                "events",
+                "-n",
+                namespace,
+                "--field-selector=involvedObject.name=puller",
+                "-o",
+                "json",
+            ).stdout
+        )["items"]
+        failed = [e["message"] for e in events if e["reason"] == "Failed"]
+        return failed[0] if failed else None
+
+    message = wait_for("the pull to fail", pull_failure, timeout=60)
+    assert "127.0.0.1:1" in message, message
+    counters = subprocess.run(
+        ["iptables", "-t", "mangle", "-L", "FORWARD", "-v", "-x", "-n"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    # (the first rule counts ClusterIP packets kube-proxy had not rewritten yet: they die
+    # on the node's own link; the other two would have left the machine)
+    drops = [line.split() for line in counters.splitlines() if "/* etcdconfig-dev */" in line]
+    assert len(drops) == 2 and all(d[0] == "0" for d in drops), counters

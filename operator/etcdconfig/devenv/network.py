@@ -137,9 +137,15 @@ def _write_sysctl(name: str, value: str) -> None:
 
 
 def _forward_rules() -> list[list[str]]:
-    """mangle FORWARD: drop anything between the pod bridge and any other interface."""
+    """mangle FORWARD: drop anything between the pod bridge and any other interface.
+
+    The first rule counts apart what is routed onto the node's own link: a packet to a
+    ClusterIP that kube-proxy has not (yet) rewritten, which dies there by design. The
+    other two must count nothing: a packet they drop was on its way off the machine."""
     comment = ["-m", "comment", "--comment", RULE_COMMENT]
+    unrewritten = ["-m", "comment", "--comment", f"{RULE_COMMENT}: unrewritten ClusterIP"]
     return [
+        ["-i", BRIDGE, "-o", LINK, *unrewritten, "-j", "DROP"],
         ["-i", BRIDGE, "!", "-o", BRIDGE, *comment, "-j", "DROP"],
         ["!", "-i", BRIDGE, "-o", BRIDGE, *comment, "-j", "DROP"],
     ]
