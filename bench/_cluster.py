@@ -42,13 +42,18 @@ from rich.console import Console
 from rich.table import Table
 
 from etcdconfig import crd
+from etcdconfig.devenv import images
 from etcdconfig.devenv.controlplane import ControlPlane
 from etcdconfig.devenv.etcd import EtcdServer, free_port
+from etcdconfig.devenv.network import NODE_IP
+from etcdconfig.devenv.node import Node
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 GROUP_PATH = "/apis/etcdconfig.io/v1alpha1"
 NOOP_OPERATOR = Path(__file__).resolve().parent / "noop_operator.py"
+CHART = ROOT / "charts" / "etcdconfig"
+POD_RELEASE_NS = "etcdconfig-bench"  # where the pod-mode Helm releases live
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -539,6 +544,142 @@ class Process:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
+class PodOperator:
+    """``etcdconfig run`` as a pod: a Helm release of charts/etcdconfig (one replica, the
+    chart's default resources, local images) with the same interface as :class:`Process`.
+
+    ``pid`` is the host PID of the container's main process (``crictl inspect``), so the
+    /proc-based CPU and RSS helpers apply unchanged; ``metrics()`` goes to the pod IP;
+    ``log_path`` is refreshed from ``kubectl logs`` each time it is read.
+    """
+
+    def __init__(
+        self, name: str, plane: ControlPlane, values: Sequence[str], log_path: Path
+    ) -> None:
+        self.name = name  # the Helm release
+        self.plane = plane
+        self.values = list(values)
+        self._log_path = log_path
+        self.pod_name = ""
+        self.pod_ip = ""
+        self.container_id = ""
+        self.http_port = 8080  # the chart's operator.httpPort
+        self._pid: int | None = None
+        self.installed = False
+
+    def _pods(self) -> list[dict[str, Any]]:
+        selector = f"app.kubernetes.io/instance={self.name},app.kubernetes.io/component=operator"
+        out = self.plane.kubectl(
+            "get", "pods", "-n", POD_RELEASE_NS, "-l", selector, "-o", "json", check=False
+        )
+        if out.returncode != 0:
+            return []
+        return [
+            p for p in json.loads(out.stdout)["items"] if not p["metadata"].get("deletionTimestamp")
+        ]
+
+    def _ready_pod(self) -> dict[str, Any] | None:
+        for pod in self._pods():
+            conds = pod.get("status", {}).get("conditions", [])
+            if any(c["type"] == "Ready" and c["status"] == "True" for c in conds):
+                return pod
+        return None
+
+    def start(self) -> PodOperator:
+        self.installed = True
+        self.plane.helm(
+            "install",
+            self.name,
+            str(CHART),
+            "--namespace",
+            POD_RELEASE_NS,
+            "--create-namespace",
+            *self.values,
+            "--wait",
+            "--timeout=180s",
+            timeout=240,
+        )
+        pod = wait_until(self._ready_pod, 120, f"a Ready operator pod of {self.name}")
+        self.pod_name = pod["metadata"]["name"]
+        self.pod_ip = pod["status"]["podIP"]
+        (status,) = pod["status"]["containerStatuses"]
+        self.container_id = status["containerID"].partition("://")[2]
+        out = Node(self.plane.state_dir).crictl("inspect", self.container_id)
+        if out.returncode != 0:
+            raise RuntimeError(f"crictl inspect {self.container_id}: {out.stderr}")
+        self._pid = int(json.loads(out.stdout)["info"]["pid"])
+        # the image's ENTRYPOINT is `etcdconfig run` itself (no init): that PID is the operator
+        cmdline = Path(f"/proc/{self._pid}/cmdline").read_bytes().split(b"\0")
+        if not any(b"etcdconfig" in part for part in cmdline[:2]):
+            raise RuntimeError(f"PID {self._pid} of {self.pod_name} is not the operator: {cmdline}")
+        # /metrics answers through the pod IP (routed from the host over the bridge)
+        wait_until(self.ready, 60, f"{self.name} /readyz at {self.pod_ip}")
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self._pid is not None
+        return self._pid
+
+    @property
+    def alive(self) -> bool:
+        return self._pid is not None and os.path.exists(f"/proc/{self._pid}")
+
+    def check_alive(self) -> None:
+        if not self.alive:
+            raise RuntimeError(f"the operator pod {self.pod_name} exited:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 60.0) -> None:
+        if self.installed:
+            self.installed = False
+            with contextlib.suppress(Exception):
+                self.log_path  # noqa: B018 - keep the pod's log before it goes
+            self.plane.helm(
+                "uninstall",
+                self.name,
+                "--namespace",
+                POD_RELEASE_NS,
+                "--wait",
+                f"--timeout={int(timeout)}s",
+                check=False,
+                timeout=timeout + 30,
+            )
+
+    def kill(self) -> None:
+        self.stop()
+
+    def metrics(self) -> dict[str, float]:
+        url = f"http://{self.pod_ip}:{self.http_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return parse_metrics(r.read().decode())
+
+    def ready(self) -> bool:
+        self.check_alive()
+        try:
+            url = f"http://{self.pod_ip}:{self.http_port}/readyz"
+            with urllib.request.urlopen(url, timeout=1) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    @property
+    def log_path(self) -> Path:
+        """The pod's log, fetched now (``kubectl logs``) into the bench's directory."""
+        if self.pod_name:
+            out = self.plane.kubectl(
+                "logs", "-n", POD_RELEASE_NS, self.pod_name, check=False, timeout=60
+            )
+            if out.returncode == 0:
+                self._log_path.write_text(out.stdout)
+        return self._log_path
+
+    def log_tail(self, lines: int = 30) -> str:
+        path = self._log_path
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
 # --- the cluster --------------------------------------------------------------------------------
 
 
@@ -557,12 +698,16 @@ class Cluster:
 
     progress: Callable[[str], None]
     keep: bool = False  # keep the temp dir (logs) after the run
+    # a real node (containerd, kubelet, kube-proxy; root): operators can also run as pods,
+    # and the store etcd listens on the node IP too, so that pods reach it
+    node: bool = False
     workdir: Path = field(init=False)
     plane: ControlPlane = field(init=False)
     store: EtcdServer = field(init=False)
     api: KubeAPI = field(init=False)
     watch: ConfigWatch = field(init=False)
-    processes: list[Process] = field(default_factory=list)
+    processes: list[Process | PodOperator] = field(default_factory=list)
+    images: dict[str, images.Image] = field(default_factory=dict)
     _stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     def __enter__(self) -> Cluster:
@@ -575,13 +720,25 @@ class Cluster:
             else:
                 tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="etcdconfig-bench-"))
                 self.workdir = Path(tmp)
-            self.plane = ControlPlane(self.workdir / "controlplane")
+            if self.node:
+                self.images = images.ensure_images()
+            self.plane = ControlPlane(self.workdir / "controlplane", node=self.node)
             stack.callback(self.plane.stop)
             self.progress(f"starting the control plane in {self.workdir}")
             started = time.monotonic()
             self.plane.start(timeout=240)
             self.progress(f"control plane ready in {time.monotonic() - started:.1f} s")
-            self.store = EtcdServer(data_dir=self.workdir / "store-etcd" / "data", name="store")
+            if self.node:
+                port = free_port()
+                urls = f"http://127.0.0.1:{port},http://{NODE_IP}:{port}"
+                self.store = EtcdServer(
+                    data_dir=self.workdir / "store-etcd" / "data",
+                    name="store",
+                    client_port=port,
+                    extra_args=(f"--listen-client-urls={urls}",),
+                )
+            else:
+                self.store = EtcdServer(data_dir=self.workdir / "store-etcd" / "data", name="store")
             self.store.start()
             stack.callback(self.store.stop)
             self.store.wait_healthy(60)
@@ -657,6 +814,35 @@ class Cluster:
             log_path=self.workdir / f"{replica_id}.log",
             http_port=port,
         )
+        self.processes.append(p)
+        return p
+
+    @property
+    def pod_store_endpoint(self) -> str:
+        """The store etcd as a pod reaches it: on the node IP (node clusters only)."""
+        return f"{NODE_IP}:{self.store.client_port}"
+
+    def pod_operator(
+        self, release: str, prefix: str, *, namespaces: Sequence[str], extra: Sequence[str] = ()
+    ) -> PodOperator:
+        """``etcdconfig run`` as a pod, installed by the chart (not started): one replica,
+        the chart's default resources, pullPolicy Never, the webhook off (the process
+        subject has none either), the CRD left to this cluster, RBAC for ``namespaces``."""
+        assert self.node, "pod operators need Cluster(node=True)"
+        repo, _, tag = self.images["operator"].ref.rpartition(":")
+        values = [
+            f"--set=image.repository={repo}",
+            f"--set=image.tag={tag}",
+            "--set=image.pullPolicy=Never",
+            "--set=replicaCount=1",
+            "--set=crds.enabled=false",
+            "--set=webhook.enabled=false",
+            f"--set=etcd.endpoints={self.pod_store_endpoint}",
+            f"--set=etcd.prefix={prefix}",
+            f"--set=watchNamespaces={{{','.join(namespaces)}}}",
+            *extra,
+        ]
+        p = PodOperator(release, self.plane, values, self.workdir / f"{release}.log")
         self.processes.append(p)
         return p
 

@@ -50,6 +50,24 @@ Usage::
     .venv/bin/python bench/e2e.py            # ~4 min: 1000 Configs, 20 s at 20 updates/s
     .venv/bin/python bench/e2e.py --quick    # ~90 s: 150 Configs, 8 s
     .venv/bin/python bench/e2e.py --json     # only the JSON object on stdout
+    .venv/bin/python bench/e2e.py --mode both  # also the operator as a pod (root)
+
+Pod mode
+--------
+``--mode pod`` or ``--mode both`` starts the control plane with a real node
+(containerd, kubelet, kube-proxy: :mod:`etcdconfig.devenv`; needs root) and adds a
+third side, ``pod``: ``etcdconfig`` installed by charts/etcdconfig with Helm, one
+replica, the chart's default resources, the locally built image (pullPolicy
+Never), RBAC (Roles) for the side's two namespaces only, the chart's CRD off (the
+bench installs it) and the webhook off (the process subject has none: with it, the
+API server's call to the webhook would be in the pod's latency). The pod reaches the
+store etcd, which then also listens on the node IP (198.18.0.1). Its CPU and RSS are
+read from /proc of the container's main process (host PID from ``crictl inspect``),
+/metrics through the pod IP, the commit times from ``kubectl logs``. One Helm release
+per round, uninstalled after it. The pod's figures carry the suffix ``_pod`` in the
+JSON (``apply_recorded_p50_ms_pod``, ``bulk_ratio_vs_noop_pod`` …), against the same
+baseline as the process subject in ``both``; the order per round is baseline, subject,
+pod (reversed in even rounds). Without ``--mode`` (``process``) nothing changes.
 
 The run exits 0 whatever the figures are; ``--strict`` makes it exit 1 when a
 goal is missed. ``--keep`` keeps the temporary directory with every log.
@@ -71,10 +89,12 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.table import Table
 
 from _cluster import (
     Cluster,
     Goals,
+    PodOperator,
     Process,
     RssSampler,
     config_data,
@@ -96,6 +116,7 @@ GOALS: Goals = {
 }
 
 LATENCY_CONFIGS = 20
+SUBJECTS = {"process": ("subject",), "pod": ("pod",), "both": ("subject", "pod")}
 
 
 @dataclass(frozen=True)
@@ -135,18 +156,36 @@ class SideResult:
 
 
 class Bench:
-    def __init__(self, cluster: Cluster, params: Params, progress: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        params: Params,
+        progress: Callable[[str], None],
+        subjects: Sequence[str] = ("subject",),
+    ) -> None:
         self.c = cluster
         self.p = params
         self.progress = progress
+        self.subjects = tuple(subjects)  # "subject" (process), "pod"
         self.prefix = f"/etcdconfig-bench-{uuid.uuid4().hex[:8]}"
-        self.lat_ns = {"subject": "bench-lat-subject", "baseline": "bench-lat-baseline"}
+        self.lat_ns = {
+            "subject": "bench-lat-subject",
+            "baseline": "bench-lat-baseline",
+            "pod": "bench-lat-pod",
+        }
         self.lat_names = [f"lat-{i:02d}" for i in range(LATENCY_CONFIGS)]
 
-    def start_side(self, side: str, round_: int, bulk_ns: str) -> Process:
+    def start_side(self, side: str, round_: int, bulk_ns: str) -> Process | PodOperator:
+        proc: Process | PodOperator
         if side == "subject":
             proc = self.c.operator(
                 f"etcdconfig-r{round_}", self.prefix, namespaces=[bulk_ns, self.lat_ns[side]]
+            )
+        elif side == "pod":
+            proc = self.c.pod_operator(
+                f"etcdconfig-pod-r{round_}",
+                f"{self.prefix}-pod",
+                namespaces=[bulk_ns, self.lat_ns[side]],
             )
         else:
             proc = self.c.noop_operator(bulk_ns)
@@ -199,12 +238,15 @@ class Bench:
                     f"{side}, round {round_}: {p.rate:g} updates/s for {p.duration:g} s "
                     f"on {LATENCY_CONFIGS} Configs"
                 )
-                m0 = proc.metrics() if side == "subject" else {}
+                m0 = proc.metrics() if side != "baseline" else {}
                 cpu1 = cpu_seconds(proc.pid)
-                lat = self.latency(self.lat_ns[side], proc.log_path if side == "subject" else None)
+                # read when the phase is over: a pod's log is fetched at that moment
+                lat = self.latency(
+                    self.lat_ns[side], (lambda: proc.log_path) if side != "baseline" else None
+                )
                 proc.check_alive()
                 lat_cpu = cpu_seconds(proc.pid) - cpu1
-                m1 = proc.metrics() if side == "subject" else {}
+                m1 = proc.metrics() if side != "baseline" else {}
                 rss_after, peak = rss_mb(proc.pid)
         finally:
             proc.stop()
@@ -223,7 +265,7 @@ class Bench:
             **lat,
         )
 
-    def latency(self, namespace: str, log: Path | None) -> dict[str, Any]:
+    def latency(self, namespace: str, log: Callable[[], Path] | None) -> dict[str, Any]:
         """Open-loop updates at ``rate``/s; latency to the watch event of the status."""
         c, p = self.c, self.p
         total = int(p.rate * p.duration)
@@ -267,7 +309,7 @@ class Bench:
         latencies: list[float] = []
         to_etcd: list[float] = []  # PATCH start → version committed (the operator's log)
         to_status: list[float] = []  # version committed → status seen by the watch
-        committed = committed_at(log, namespace) if log is not None else {}
+        committed = committed_at(log(), namespace) if log is not None else {}
         wall_offset = time.time() - time.monotonic()
         superseded = unrecorded = 0
         for name, gen, sent, sent_wall in sends:
@@ -296,19 +338,17 @@ class Bench:
         }
 
     def run(self) -> dict[str, Any]:
-        order = ["baseline", "subject"]
+        order = ["baseline", *self.subjects]
         plan: list[tuple[str, int]] = []
         for r in range(1, self.p.rounds + 1):
             plan += [(side, r) for side in (order if r % 2 else list(reversed(order)))]
         results = [self.run_side(side, r) for side, r in plan]
-        f = figures_from(results, self.p)
+        f = figures_from(results, self.p, self.subjects)
         with self.c.watch.cond:
             regressions = dict(self.c.watch.regressions)
             f["status_regression_samples"] = list(self.c.watch.regression_samples)
-        for side, key in (
-            ("subject", "status_regressions"),
-            ("baseline", "noop_status_regressions"),
-        ):
+        for side in (*self.subjects, "baseline"):
+            key = figure_key(side, "status_regressions")
             f[key] = sum(n for ns, n in regressions.items() if side in ns)
         return f
 
@@ -336,51 +376,87 @@ def committed_at(log: Path, namespace: str) -> dict[tuple[str, int], float]:
     return out
 
 
-def figures_from(results: Sequence[SideResult], p: Params) -> dict[str, Any]:
+def figure_key(side: str, name: str) -> str:
+    """The JSON key of a figure of a side: ``name`` (process subject), ``noop_name``
+    (baseline), ``name_pod`` (pod subject)."""
+    return {"subject": name, "baseline": f"noop_{name}", "pod": f"{name}_pod"}[side]
+
+
+def figures_from(
+    results: Sequence[SideResult], p: Params, subjects: Sequence[str] = ("subject",)
+) -> dict[str, Any]:
     f: dict[str, Any] = {"configs": p.configs, "rate": p.rate, "duration_s": p.duration}
-    for side in ("subject", "baseline"):
+    for side in (*subjects, "baseline"):
         rs = [r for r in results if r.side == side]
         lat = [x for r in rs for x in r.latencies_ms]
-        key = "" if side == "subject" else "noop_"
-        f[f"{key}bulk_seconds"] = sum(r.bulk_seconds for r in rs) / len(rs)
-        f[f"{key}bulk_rounds_s"] = [round(r.bulk_seconds, 2) for r in rs]
-        f[f"{key}create_seconds"] = sum(r.create_seconds for r in rs) / len(rs)
-        f[f"{key}bulk_cpu_s"] = sum(r.bulk_cpu_s for r in rs) / len(rs)
-        f[f"{key}cpu_ms_per_update"] = sum(r.cpu_ms_per_update for r in rs) / len(rs)
-        f[f"{key}rss_mb"] = max(r.rss_mb for r in rs)
-        f[f"{key}rss_start_mb"] = max(r.rss_start_mb for r in rs)
-        f[f"{key}rss_timeline"] = rs[-1].rss_timeline  # [s since start, MB], last round
-        f[f"{key}rss_after_latency_mb"] = max(r.rss_after_latency_mb for r in rs)
-        f[f"{key}rss_peak_mb"] = max(r.rss_peak_mb for r in rs)
-        f[f"{key}apply_recorded_p50_ms"] = percentile(lat, 50)
-        f[f"{key}apply_recorded_p99_ms"] = percentile(lat, 99)
-        f[f"{key}apply_recorded_max_ms"] = max(lat) if lat else float("nan")
-        f[f"{key}updates_sent"] = sum(r.sent for r in rs)
-        f[f"{key}updates_superseded"] = sum(r.superseded for r in rs)
-        f[f"{key}updates_unrecorded"] = sum(r.unrecorded for r in rs)
-        f[f"{key}send_lag_ms_max"] = max(r.send_lag_ms_max for r in rs)
-    parts = [r for r in results if r.side == "subject"]
-    f["resync_reconciles_during_latency"] = sum(r.resync_during_latency[0] for r in parts)
-    f["resync_seconds_during_latency"] = sum(r.resync_during_latency[1] for r in parts)
-    f["apply_to_etcd_p50_ms"] = percentile([x for r in parts for x in r.to_etcd_ms], 50)
-    f["apply_to_etcd_p99_ms"] = percentile([x for r in parts for x in r.to_etcd_ms], 99)
-    f["etcd_to_status_p50_ms"] = percentile([x for r in parts for x in r.to_status_ms], 50)
-    f["etcd_to_status_p99_ms"] = percentile([x for r in parts for x in r.to_status_ms], 99)
-    f["rss_mb_1000"] = f["rss_mb"]  # the goal's name; with --configs N it is N Configs
-    f["bulk_ratio_vs_noop"] = f["bulk_seconds"] / f["noop_bulk_seconds"]
-    f["bulk_cpu_ratio_vs_noop"] = f["bulk_cpu_s"] / max(f["noop_bulk_cpu_s"], 1e-9)
-    f["apply_p50_ratio_vs_noop"] = f["apply_recorded_p50_ms"] / f["noop_apply_recorded_p50_ms"]
-    f["apply_p99_ratio_vs_noop"] = f["apply_recorded_p99_ms"] / f["noop_apply_recorded_p99_ms"]
+
+        def k(name: str, side: str = side) -> str:
+            return figure_key(side, name)
+
+        f[k("bulk_seconds")] = sum(r.bulk_seconds for r in rs) / len(rs)
+        f[k("bulk_rounds_s")] = [round(r.bulk_seconds, 2) for r in rs]
+        f[k("create_seconds")] = sum(r.create_seconds for r in rs) / len(rs)
+        f[k("bulk_cpu_s")] = sum(r.bulk_cpu_s for r in rs) / len(rs)
+        f[k("cpu_ms_per_update")] = sum(r.cpu_ms_per_update for r in rs) / len(rs)
+        f[k("rss_mb")] = max(r.rss_mb for r in rs)
+        f[k("rss_start_mb")] = max(r.rss_start_mb for r in rs)
+        f[k("rss_timeline")] = rs[-1].rss_timeline  # [s since start, MB], last round
+        f[k("rss_after_latency_mb")] = max(r.rss_after_latency_mb for r in rs)
+        f[k("rss_peak_mb")] = max(r.rss_peak_mb for r in rs)
+        f[k("apply_recorded_p50_ms")] = percentile(lat, 50)
+        f[k("apply_recorded_p99_ms")] = percentile(lat, 99)
+        f[k("apply_recorded_max_ms")] = max(lat) if lat else float("nan")
+        f[k("updates_sent")] = sum(r.sent for r in rs)
+        f[k("updates_superseded")] = sum(r.superseded for r in rs)
+        f[k("updates_unrecorded")] = sum(r.unrecorded for r in rs)
+        f[k("send_lag_ms_max")] = max(r.send_lag_ms_max for r in rs)
+    for side in subjects:
+        parts = [r for r in results if r.side == side]
+
+        def k(name: str, side: str = side) -> str:
+            return figure_key(side, name)
+
+        to_etcd = [x for r in parts for x in r.to_etcd_ms]
+        to_status = [x for r in parts for x in r.to_status_ms]
+        f[k("resync_reconciles_during_latency")] = sum(r.resync_during_latency[0] for r in parts)
+        f[k("resync_seconds_during_latency")] = sum(r.resync_during_latency[1] for r in parts)
+        f[k("apply_to_etcd_p50_ms")] = percentile(to_etcd, 50)
+        f[k("apply_to_etcd_p99_ms")] = percentile(to_etcd, 99)
+        f[k("etcd_to_status_p50_ms")] = percentile(to_status, 50)
+        f[k("etcd_to_status_p99_ms")] = percentile(to_status, 99)
+        # the goal's name; with --configs N it is N Configs
+        f[k("rss_mb_1000")] = f[k("rss_mb")]
+        f[k("bulk_ratio_vs_noop")] = f[k("bulk_seconds")] / f["noop_bulk_seconds"]
+        f[k("bulk_cpu_ratio_vs_noop")] = f[k("bulk_cpu_s")] / max(f["noop_bulk_cpu_s"], 1e-9)
+        f[k("apply_p50_ratio_vs_noop")] = (
+            f[k("apply_recorded_p50_ms")] / f["noop_apply_recorded_p50_ms"]
+        )
+        f[k("apply_p99_ratio_vs_noop")] = (
+            f[k("apply_recorded_p99_ms")] / f["noop_apply_recorded_p99_ms"]
+        )
     return f
+
+
+def side_view(f: dict[str, Any], side: str) -> dict[str, Any]:
+    """The figures with the pod subject's under the process subject's names (for render)."""
+    if side == "subject":
+        return f
+    return {**f, **{key[: -len("_pod")]: v for key, v in f.items() if key.endswith("_pod")}}
+
+
+def goals_for(subjects: Sequence[str]) -> Goals:
+    return {figure_key(side, key): g for side in subjects for key, g in GOALS.items()}
 
 
 # --- report -------------------------------------------------------------------------------------
 
 
-def render(console: Console, f: dict[str, Any], goals: dict[str, dict[str, Any]]) -> None:
+def render(
+    console: Console, f: dict[str, Any], goals: dict[str, dict[str, Any]], label: str = ""
+) -> None:
     n = f["configs"]
     table = new_table(
-        f"etcdconfig end-to-end benchmark — 1 replica, {n} Configs, {f['elapsed_s']} s",
+        f"etcdconfig end-to-end benchmark{label} — 1 replica, {n} Configs, {f['elapsed_s']} s",
         (
             "baseline: bench/noop_operator.py (kopf, same settings style, only patches status), "
             "same control plane, same run, own namespaces; latency: PATCH start → watch event "
@@ -503,6 +579,53 @@ def render(console: Console, f: dict[str, Any], goals: dict[str, dict[str, Any]]
     print_verdict(console, goals)
 
 
+COMPARED = [
+    ("apply → recorded p50, ms", "apply_recorded_p50_ms", "{:.0f}"),
+    ("apply → recorded p99, ms", "apply_recorded_p99_ms", "{:.0f}"),
+    ("  ratio p50 / p99 vs no-op", None, ""),
+    ("  PATCH → version in etcd p50, ms", "apply_to_etcd_p50_ms", "{:.0f}"),
+    ("  operator CPU per update, ms", "cpu_ms_per_update", "{:.1f}"),
+    ("Configs created → all Ready, s", "bulk_seconds", "{:.1f}"),
+    ("  ratio vs no-op", "bulk_ratio_vs_noop", "{:.2f}×"),
+    ("  operator CPU during the bulk, s", "bulk_cpu_s", "{:.1f}"),
+    ("operator RSS with the Configs, MB", "rss_mb", "{:.0f}"),
+    ("  at start / peak, MB", None, ""),
+]
+
+
+def render_both(console: Console, f: dict[str, Any]) -> None:
+    """The process and the pod subject side by side (same run, same baseline)."""
+    table = Table(
+        title=f"process vs pod — {f['configs']} Configs, same run",
+        caption="process: `etcdconfig run` on the host; pod: the chart's Deployment (1 replica, "
+        "default resources, webhook off) on the devenv node; no-op: the same baseline",
+        caption_justify="left",
+    )
+    for i, column in enumerate(["figure", "process", "pod", "no-op"]):
+        table.add_column(column, justify="left" if i == 0 else "right")
+
+    def cell(key: str, fmt: str, side: str) -> str:
+        value = f.get(figure_key(side, key))
+        return "" if value is None else fmt.format(value)
+
+    for title, key, fmt in COMPARED:
+        if key is not None:
+            row = [cell(key, fmt, s) for s in ("subject", "pod", "baseline")]
+        elif title.startswith("  ratio p50"):
+            row = [
+                f"{f[figure_key(s, 'apply_p50_ratio_vs_noop')]:.2f}× / "
+                f"{f[figure_key(s, 'apply_p99_ratio_vs_noop')]:.2f}×"
+                for s in ("subject", "pod")
+            ] + [""]
+        else:
+            row = [
+                f"{f[figure_key(s, 'rss_start_mb')]:.0f} / {f[figure_key(s, 'rss_peak_mb')]:.0f}"
+                for s in ("subject", "pod", "baseline")
+            ]
+        table.add_row(title, *row)
+    console.print(table)
+
+
 # --- entry point --------------------------------------------------------------------------------
 
 
@@ -519,6 +642,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, help="1: baseline, subject; 2: ABBA (default 1)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir with every log")
     ap.add_argument("--strict", action="store_true", help="exit 1 when a goal is missed")
+    ap.add_argument(
+        "--mode",
+        choices=("process", "pod", "both"),
+        default="process",
+        help="the subject as a process (default), as a pod installed by the chart on a "
+        "devenv node (root), or both in the same run",
+    )
     return ap.parse_args(argv)
 
 
@@ -540,11 +670,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.json:
             err.log(text)
 
+    subjects = SUBJECTS[args.mode]
     started = time.monotonic()
-    with Cluster(progress, keep=args.keep) as cluster:
-        figures = Bench(cluster, params, progress).run()
+    with Cluster(progress, keep=args.keep, node=args.mode != "process") as cluster:
+        figures = Bench(cluster, params, progress, subjects).run()
     figures["elapsed_s"] = round(time.monotonic() - started, 1)
-    goals = goal_results(figures, GOALS)
+    if args.mode != "process":
+        figures["mode"] = args.mode
+    goals = goal_results(figures, goals_for(subjects))
     doc = json.dumps({**figures, "goals": goals}, indent=2)
     if args.json_file:
         with open(args.json_file, "w") as out:
@@ -552,7 +685,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         print(doc)
     else:
-        render(Console(width=None if sys.stdout.isatty() else 130), figures, goals)
+        console = Console(width=None if sys.stdout.isatty() else 130)
+        for side in subjects:
+            view = side_view(figures, side)
+            label = " (pod)" if side == "pod" else (" (process)" if len(subjects) > 1 else "")
+            side_goals = {key: goals[figure_key(side, key)] for key in GOALS}
+            render(console, view, side_goals, label)
+        if len(subjects) > 1:
+            render_both(console, figures)
     return 1 if args.strict and not all(g["pass"] for g in goals.values()) else 0
 
 
