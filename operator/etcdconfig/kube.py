@@ -209,6 +209,40 @@ class Kube:
             raise _explain(exc, f"patch Config {namespace}/{name}") from exc
         return dict(obj)
 
+    async def add_finalizer(self, obj: dict[str, Any], finalizer: str) -> str | None:
+        """Add ``finalizer`` to the Config as listed in ``obj``, only if the object is
+        still at ``obj``'s resourceVersion (a JSON patch with a ``test``, as kopf adds
+        its finalizer). Returns the new resourceVersion; None when the object changed
+        or went away since (409/422/404: whoever changed it, its watch event follows)."""
+        meta = obj["metadata"]
+        present = list(meta.get("finalizers") or [])
+        if finalizer in present:
+            return str(meta.get("resourceVersion"))
+        add = (
+            {"op": "add", "path": "/metadata/finalizers/-", "value": finalizer}
+            if present
+            else {"op": "add", "path": "/metadata/finalizers", "value": [finalizer]}
+        )
+        ops = [
+            {"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]},
+            add,
+        ]
+        try:
+            after = await self.custom.patch_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                meta["namespace"],
+                PLURAL,
+                meta["name"],
+                ops,
+                _content_type=JSON_PATCH,  # type: ignore[call-arg]
+            )
+        except ApiException as exc:
+            if exc.status in (404, 409, 422):
+                return None
+            raise _explain(exc, f"add the finalizer to {meta['namespace']}/{meta['name']}") from exc
+        return str(dict(after)["metadata"]["resourceVersion"])
+
     async def read_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The ConfigMap as its JSON form (``metadata.ownerReferences``, ``data``, …),
         or None when there is none."""

@@ -25,6 +25,8 @@ MEMBERSHIP = "operator/etcdconfig/concurrency/membership.py"
 HANDLERS = "operator/etcdconfig/controller/handlers.py"
 MAIN = "operator/etcdconfig/controller/main.py"
 NETWORK = "operator/etcdconfig/devenv/network.py"
+LOOPS = "operator/etcdconfig/controller/loops.py"
+T_CREATE = "tests/e2e/test_create_latency.py"
 
 T_STORE = "tests/integration/test_store.py"
 T_REVIEW = "tests/integration/test_review_findings.py"
@@ -421,5 +423,18 @@ MUTANTS: tuple[Mutant, ...] = (
         replacement="",
         tests=("tests/node/test_host.py::test_down_leaves_the_host_as_up_found_it[clean]",),
         timeout=600.0,
+    ),
+    # --- finalizers: only the owner adds ours ------------------------------------------------
+    Mutant(
+        id="M27",
+        file=HANDLERS,
+        guard="finalize handler filtered: a non-owner never adds our finalizer (else the "
+        "owner's kopf can stall on a creation until the next resync)",
+        original=(
+            '    @kopf.on.delete(*RESOURCE, registry=registry, id="finalize", when=finalized)\n'
+        ),
+        replacement='    @kopf.on.delete(*RESOURCE, registry=registry, id="finalize")\n',
+        tests=(f"{T_CREATE}::test_every_new_config_is_recorded_on_its_creation_event",),
+        timeout=300.0,
     ),
 )

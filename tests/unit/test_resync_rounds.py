@@ -43,6 +43,7 @@ def config(name: str) -> dict[str, Any]:
             "uid": f"uid-{name}",
             "generation": 2,
             "resourceVersion": "7",
+            "finalizers": ["etcdconfig.io/finalizer"],  # the owner's kopf added it
         },
         "status": {"observedGeneration": 1},
     }

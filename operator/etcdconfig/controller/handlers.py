@@ -16,7 +16,7 @@ import kopf
 from etcdconfig.audit import AuthorBook, note_admission
 from etcdconfig.controller.reconciler import Reconciler, RetryLater
 from etcdconfig.errors import EtcdConfigError, InvalidConfig
-from etcdconfig.models import GROUP, PLURAL, VERSION
+from etcdconfig.models import FINALIZER, GROUP, PLURAL, VERSION
 from etcdconfig.reconcile import (
     format_issues,
     issue_reason,
@@ -69,9 +69,23 @@ def build_registry(runtime: Runtime, reconciler: Reconciler) -> kopf.OperatorReg
         assert runtime.membership is not None
         return runtime.membership.owns(body.metadata.uid or "")
 
+    def finalized(body: kopf.Body, **_: Any) -> bool:
+        return FINALIZER in (body.metadata.get("finalizers") or []) or owned(body)
+
     # Only the owner reconciles (the resync loop takes over when an owner goes away).
-    # The deletion handler is deliberately unfiltered: kopf strips the finalizer from
-    # objects for which no deletion handler matches, and deletion is idempotent.
+    #
+    # The deletion handler runs on every replica once the object carries our finalizer
+    # (deletion is idempotent, and must work with the owner gone), but only the owner
+    # ADDS the finalizer. kopf adds it with a JSON patch guarded by the resourceVersion
+    # it saw, and calls no handler in that cycle. If a non-owner's identical patch lands
+    # first, the owner's fails (422) and kopf keeps it as a "remaining patch"; the next
+    # event (the non-owner's finalizer) is then skipped as inconsistent because that
+    # patch is pending (kopf ``process_resource_causes``: ``patch_initially_empty``),
+    # and re-applying it changes nothing, so nothing is patched and no further event
+    # comes: the creation waited for the owner's next resync round. Hence the filter:
+    # a non-owner neither adds the finalizer nor strips it (kopf strips it from objects
+    # for which no deletion handler matches), and the resync loop adds it before it
+    # records a Config whose owner went away before adding it (``Resync.finalized``).
     @kopf.on.resume(*RESOURCE, registry=registry, id="reconcile", when=owned)
     @kopf.on.create(*RESOURCE, registry=registry, id="reconcile", when=owned)
     @kopf.on.update(*RESOURCE, registry=registry, id="reconcile", when=owned)
@@ -88,7 +102,7 @@ def build_registry(runtime: Runtime, reconciler: Reconciler) -> kopf.OperatorReg
         if status is not None and not runtime.stopping:
             _apply(patch, obj, status)
 
-    @kopf.on.delete(*RESOURCE, registry=registry, id="finalize")
+    @kopf.on.delete(*RESOURCE, registry=registry, id="finalize", when=finalized)
     async def finalize(body: kopf.Body, spec: kopf.Spec, retry: int, **_: Any) -> None:
         assert runtime.store is not None
         assert runtime.locks is not None
@@ -281,7 +295,7 @@ def operator_settings(runtime: Runtime) -> kopf.OperatorSettings:
     s = runtime.settings
     settings = kopf.OperatorSettings()
     # GitOps-clean: kopf keeps its state in status, and metadata only gains our finalizer
-    settings.persistence.finalizer = "etcdconfig.io/finalizer"
+    settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.StatusProgressStorage()
     settings.persistence.diffbase_storage = OwnerDiffBaseStorage(
         runtime, ignored_fields=["metadata"]

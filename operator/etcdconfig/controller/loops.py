@@ -14,6 +14,7 @@ from etcdconfig import metrics
 from etcdconfig.controller.reconciler import Reconciler, RetryLater
 from etcdconfig.controller.supervisor import describe_error
 from etcdconfig.errors import EtcdConfigError
+from etcdconfig.models import FINALIZER
 from etcdconfig.reconcile import status_differs, status_integrity
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ class Resync:
 
         async def one(obj: dict[str, Any]) -> None:
             async with sem:
-                await self._guarded("reconcile", obj, self.reconcile_one)
+                await self._guarded("reconcile", obj, self.reconcile_finalized)
                 if integrity_due:
                     await self._guarded("integrity", obj, self.verify_one)
 
@@ -108,6 +109,42 @@ class Resync:
                     **describe_error(exc),
                 },
             )
+
+    async def reconcile_finalized(self, obj: dict[str, Any]) -> None:
+        fresh = await self.finalized(obj)
+        if fresh is not None:
+            await self.reconcile_one(fresh)
+
+    async def finalized(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        """``obj`` carrying our finalizer, added first if it lacks it; None if it could
+        not be added because the object changed (or went) since it was listed.
+
+        Only the owner's kopf adds the finalizer (``handlers.build_registry``), so a
+        Config created while its owner was gone (dead or frozen, its lease not expired
+        yet) has none when a new owner takes it over here. Nothing may be recorded for
+        it before it has one: the finalizer is what makes its deletion be recorded. A
+        Config that changed since the listing is left to the owner's kopf: the change
+        is a watch event, on which it adds the finalizer and then reconciles."""
+        meta = obj["metadata"]
+        finalizers = list(meta.get("finalizers") or [])
+        if FINALIZER in finalizers:
+            return obj
+        resource_version = await self.rt.kube.add_finalizer(obj, FINALIZER)
+        if resource_version is None:
+            log.info(
+                "resync: a Config without the finalizer changed since it was listed; "
+                "left to its watch event",
+                extra={"config": f"{meta['namespace']}/{meta['name']}"},
+            )
+            return None
+        return {
+            **obj,
+            "metadata": {
+                **meta,
+                "finalizers": [*finalizers, FINALIZER],
+                "resourceVersion": resource_version,
+            },
+        }
 
     async def reconcile_one(self, obj: dict[str, Any]) -> None:
         meta = obj["metadata"]
