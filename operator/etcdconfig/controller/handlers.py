@@ -70,7 +70,15 @@ def build_registry(runtime: Runtime, reconciler: Reconciler) -> kopf.OperatorReg
         return runtime.membership.owns(body.metadata.uid or "")
 
     def finalized(body: kopf.Body, **_: Any) -> bool:
-        return FINALIZER in (body.metadata.get("finalizers") or []) or owned(body)
+        # A version of this object was recorded (status.version): every replica puts
+        # the finalizer back when an update drops it (a full-object PUT such as
+        # `kubectl replace` does), for its owner may be away, and the finalizer is
+        # what makes the deletion of recorded history be recorded.
+        return (
+            FINALIZER in (body.metadata.get("finalizers") or [])
+            or owned(body)
+            or body.status.get("version") is not None
+        )
 
     # Only the owner reconciles (the resync loop takes over when an owner goes away).
     #

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 from etcdconfig import metrics
 from etcdconfig.controller.reconciler import Reconciler, RetryLater
 from etcdconfig.controller.supervisor import describe_error
-from etcdconfig.errors import EtcdConfigError
+from etcdconfig.errors import EtcdConfigError, InvalidConfig
 from etcdconfig.models import FINALIZER
-from etcdconfig.reconcile import status_differs, status_integrity
+from etcdconfig.reconcile import parse_spec, status_differs, status_integrity, validate_spec
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -127,7 +127,9 @@ class Resync:
         is a watch event, on which it adds the finalizer and then reconciles."""
         meta = obj["metadata"]
         finalizers = list(meta.get("finalizers") or [])
-        if FINALIZER in finalizers:
+        if FINALIZER in finalizers or not self._recordable(obj):
+            # an invalid spec records nothing, so needs no finalizer yet (and the
+            # admission webhook refuses any update of it): reconcile it to report it
             return obj
         resource_version = await self.rt.kube.add_finalizer(obj, FINALIZER)
         if resource_version is None:
@@ -145,6 +147,12 @@ class Resync:
                 "resourceVersion": resource_version,
             },
         }
+
+    def _recordable(self, obj: dict[str, Any]) -> bool:
+        try:
+            return not validate_spec(parse_spec(obj.get("spec")), self.rt.validator)
+        except InvalidConfig:
+            return False
 
     async def reconcile_one(self, obj: dict[str, Any]) -> None:
         meta = obj["metadata"]
