@@ -19,7 +19,7 @@ import yaml
 from tests.node.conftest import START_TIMEOUT, wait_for
 
 from etcdconfig.devenv import images, network
-from etcdconfig.devenv.controlplane import ControlPlane
+from etcdconfig.devenv.controlplane import ControlPlane, ControlPlaneError
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -73,3 +73,29 @@ def test_down_leaves_the_host_as_up_found_it(
     after = network.snapshot()
     assert {k: v for k, v in after.items() if v != before[k]} == {}
     assert not (tmp_path / "dev" / "host.json").exists()
+
+
+def test_a_second_node_is_refused_and_the_first_keeps_running(
+    tmp_path: Path, built_images: dict[str, images.Image]
+) -> None:
+    """A node is one per host: a second ``up`` says which state dir runs it, and its
+    clean-up touches nothing of the running node's (pods, links, rules)."""
+    first = ControlPlane(tmp_path / "first", node=True)
+    try:
+        first.start(timeout=START_TIMEOUT)
+        _pod_running(first, built_images["pause"].ref)
+        during = network.snapshot()
+        second = ControlPlane(tmp_path / "second", node=True)
+        with pytest.raises(ControlPlaneError) as refused:
+            second.start(timeout=START_TIMEOUT)
+        assert str(refused.value) == (
+            f"another node runs on this host (link {network.LINK} exists, state dir "
+            f"{tmp_path / 'first'}): stop it first "
+            f"(`etcdconfig dev --dir {tmp_path / 'first'} down`)"
+        )
+        assert first.running() and first.ready()
+        out = first.kubectl("get", "pod", "sleeper", "-o", "jsonpath={.status.phase}")
+        assert out.stdout == "Running"
+        assert network.snapshot() == during
+    finally:
+        first.stop()

@@ -661,8 +661,12 @@ class ControlPlane:
         return problems
 
     def _undo_host(self) -> list[str]:
-        """After the processes: kill what outlived containerd, undo every host change."""
+        """After the processes: kill what outlived containerd, undo every host change.
+        Only with a journal of ours: a start refused because another node runs here
+        recorded nothing, and must touch nothing of that node's."""
         node = self._node()
+        if not node.host.data.get("cgroups_before") and not node.host.pending:
+            return []
         node.kill_leftovers()
         proxy = None
         with contextlib.suppress(build.BuildError):
@@ -695,6 +699,7 @@ class ControlPlane:
         if self.node:
             host = self._node().host
             try:
+                host.claim()
                 host.record_before()
                 host.ensure_paths()
                 host.set_up_network()

@@ -292,8 +292,21 @@ class HostChanges:
         ):
             Path(p).mkdir(parents=True, exist_ok=True)
 
+    def claim(self) -> None:
+        """A node is one per host (fixed names and addresses): if the link exists and is
+        not ours, another node runs here; say so before anything is changed."""
+        owner_file = Path(RUN_DIR) / "owner"
+        exists = _run("ip", "link", "show", LINK, check=False).returncode == 0
+        if exists and LINK not in self.data.get("links", []):
+            owner = owner_file.read_text().strip() if owner_file.exists() else "unknown"
+            raise NetworkError(
+                f"another node runs on this host (link {LINK} exists, state dir {owner}): "
+                f"stop it first (`etcdconfig dev --dir {owner} down`)"
+            )
+
     def set_up_network(self) -> None:
         """The node IP's link and route, bridge-netfilter, the FORWARD drop rules."""
+        (Path(RUN_DIR) / "owner").write_text(str(self.path.parent) + "\n")
         if _run("ip", "link", "show", LINK, check=False).returncode != 0:
             self._note("links", LINK)
             _run("ip", "link", "add", LINK, "type", "ifb")
