@@ -671,7 +671,9 @@ class ControlPlane:
         proxy = None
         with contextlib.suppress(build.BuildError):
             proxy = build.ensure_kubernetes(self.kubernetes_version)["kube-proxy"]
-        return node.host.undo(kube_proxy=proxy, roots=(node.dir,))
+        return node.host.undo(
+            kube_proxy=proxy, roots=(node.dir, Path(network.KUBELET_ROOT), Path(network.RUN_DIR))
+        )
 
     def _clean_up(self, grace: float) -> str:
         """Stop what a failed start started; never raises. Returns "" if everything

@@ -69,6 +69,7 @@ POD_CIDR = "198.19.0.0/24"
 POD_GATEWAY = "198.19.0.1"
 RULE_COMMENT = "etcdconfig-dev"
 RUN_DIR = "/run/etcdconfig-dev"  # containerd's and the shims' sockets (short paths)
+KUBELET_ROOT = "/var/lib/etcdconfig-dev/kubelet"  # the kubelet's --root-dir (short paths)
 
 #: sysctls a node changes: the kubelet (always, see its setupKernelTunables), the CNI
 #: bridge plugin (ip_forward), kube-proxy (route_localnet, conntrack) and the bridge's
@@ -93,6 +94,7 @@ SYSCTLS = (
 #: a flag can move: created only if missing, removed on ``down`` only if ``up`` made them.
 HOST_PATHS = (
     RUN_DIR,
+    "/var/lib/etcdconfig-dev",
     "/var/lib/kubelet",
     "/var/log/containers",
     "/var/log/pods",
@@ -284,8 +286,13 @@ class HostChanges:
         for p in HOST_PATHS:
             if not os.path.lexists(p):
                 self._note("paths", p)
+        # the kubelet's root is ours by name: a fresh one each up (nothing of a node runs
+        # now: claim() said so), so no pod of an earlier cluster comes back
+        if os.path.isdir(KUBELET_ROOT) and not mounts_under(Path(KUBELET_ROOT)):
+            shutil.rmtree(KUBELET_ROOT)
         for p in (
             RUN_DIR,
+            KUBELET_ROOT,
             "/var/lib/kubelet/device-plugins",
             "/var/log/containers",
             "/var/log/pods",

@@ -51,7 +51,10 @@ NODE_NAME = network.NODE_IP
 CLUSTER_DOMAIN = "cluster.local"
 NOWHERE = "http://127.0.0.1:1"
 #: containerd's and its shims' sockets (a shim's is named by a 64-character hash).
-RUN_DIR = Path(network.RUN_DIR)  # the registry mirror of every registry: nothing listens
+RUN_DIR = Path(network.RUN_DIR)
+#: The kubelet's root (pods' volumes, its plugin and pod-resources sockets): a short path
+#: of its own, as a unix socket path must fit in 108 bytes and a state dir may not.
+KUBELET_ROOT = Path(network.KUBELET_ROOT)  # the registry mirror of every registry: nothing listens
 
 
 class NodeError(RuntimeError):
@@ -296,8 +299,8 @@ disabled_plugins = ['io.containerd.nri.v1.nri', 'io.containerd.tracing.processor
                 str(k8s["kubelet"]),
                 f"--config={d / 'kubelet.yaml'}",
                 f"--kubeconfig={d / 'kubelet.kubeconfig'}",
-                f"--root-dir={d / 'kubelet'}",
-                f"--cert-dir={d / 'kubelet' / 'pki'}",
+                f"--root-dir={KUBELET_ROOT}",
+                f"--cert-dir={d / 'kubelet-pki'}",
                 f"--hostname-override={NODE_NAME}",
                 f"--node-ip={network.NODE_IP}",
             ],
