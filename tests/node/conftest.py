@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from etcdconfig.devenv import images
+from etcdconfig.devenv import images, network
 from etcdconfig.devenv.controlplane import ControlPlane
 
 if TYPE_CHECKING:
@@ -78,6 +78,17 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0, every: 
 @pytest.fixture(scope="session")
 def built_images() -> dict[str, images.Image]:
     return images.ensure_images()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def iptables_as_found() -> Iterator[None]:
+    """Every test of this tier asserts that its ``dev down`` left the host as it found it;
+    when one fails — or a mutant (``make mutants``, M26) breaks that on purpose — this puts
+    the iptables rules and chains back as they were before the session, so the next run
+    on this host starts from a clean one."""
+    before = network._iptables_save()
+    yield
+    network._restore_iptables(before)
 
 
 @pytest.fixture(scope="module")
