@@ -27,6 +27,7 @@ MAIN = "operator/etcdconfig/controller/main.py"
 NETWORK = "operator/etcdconfig/devenv/network.py"
 LOOPS = "operator/etcdconfig/controller/loops.py"
 T_CREATE = "tests/e2e/test_create_latency.py"
+T_FINALIZERS = "tests/e2e/test_adversarial_finalizers.py"
 
 T_STORE = "tests/integration/test_store.py"
 T_REVIEW = "tests/integration/test_review_findings.py"
@@ -435,6 +436,31 @@ MUTANTS: tuple[Mutant, ...] = (
         ),
         replacement='    @kopf.on.delete(*RESOURCE, registry=registry, id="finalize")\n',
         tests=(f"{T_CREATE}::test_every_new_config_is_recorded_on_its_creation_event",),
+        timeout=300.0,
+    ),
+    Mutant(
+        id="M28",
+        file=HANDLERS,
+        guard="every replica puts the finalizer back on a Config with a recorded version "
+        "(else a replace while the owner is away drops it and the deletion goes unrecorded)",
+        original='            or body.status.get("version") is not None\n',
+        replacement="",
+        tests=(
+            f"{T_FINALIZERS}"
+            "::test_a_recorded_config_replaced_while_its_owner_is_frozen_keeps_its_finalizer",
+        ),
+        timeout=300.0,
+    ),
+    Mutant(
+        id="M29",
+        file=LOOPS,
+        guard="resync reconciles an invalid Config as it is (the webhook refuses the "
+        "finalizer patch, so it would never be reported)",
+        original="        if FINALIZER in finalizers or not self._recordable(obj):\n",
+        replacement="        if FINALIZER in finalizers:\n",
+        tests=(
+            f"{T_FINALIZERS}::test_an_invalid_config_the_webhook_keeps_unfinalized_is_still_reported",
+        ),
         timeout=300.0,
     ),
 )
