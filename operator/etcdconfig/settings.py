@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     etcd_password: SecretStr | None = None
     etcd_timeout: float = 5.0
     etcd_max_request_bytes: int = 1572864
+    # seconds to keep retrying an etcd that does not answer at start-up (0: fail at once)
+    etcd_wait: float = Field(default=0.0, ge=0)
 
     # Kubernetes
     kubeconfig: str | None = None
@@ -59,6 +61,15 @@ class Settings(BaseSettings):
     # seconds between checks of the webhook's certificate files (reloaded when they change)
     webhook_cert_check_interval: float = Field(default=5.0, gt=0)
 
+    # the history API (history.etcdconfig.io, docs/history-api.md) behind an APIService
+    history_api_enabled: bool = False
+    history_api_addr: str = "0.0.0.0"
+    history_api_port: int = 8443
+    history_api_cert_file: Path | None = None
+    history_api_key_file: Path | None = None
+    # seconds a SubjectAccessReview answer (allowed or denied) is reused
+    history_api_authz_ttl: float = Field(default=10.0, ge=0)
+
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -68,6 +79,13 @@ class Settings(BaseSettings):
             raise ValueError(
                 "the webhook serves TLS only: set the webhook certificate and key files "
                 "(--webhook-cert-file, --webhook-key-file)"
+            )
+        if self.history_api_enabled and not (
+            self.history_api_cert_file and self.history_api_key_file
+        ):
+            raise ValueError(
+                "the history API serves TLS only: set its certificate and key files "
+                "(--history-api-cert-file, --history-api-key-file)"
             )
         return self
 

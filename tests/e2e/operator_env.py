@@ -62,6 +62,7 @@ class OperatorProcess:
     replica_id: str = "op-0"
     webhook: WebhookCerts | None = None
     extra: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)  # ETCDCONFIG_* settings beyond the flags
     http_port: int = field(default_factory=free_port)
     webhook_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
@@ -114,7 +115,7 @@ class OperatorProcess:
                 self.command(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=self.plane.client_env(),
+                env={**self.plane.client_env(), **self.env},
                 start_new_session=True,
             )
         self.starts += 1

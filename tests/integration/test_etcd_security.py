@@ -343,7 +343,8 @@ def test_operator_start_up_exits_2_with_one_line_naming_the_cause(
     secure: SecureEtcd, case: str, tmp_path: Path
 ) -> None:
     _, overrides, _, message = next(f for f in FAILURES if f[0] == case)
-    env: dict[str, str] = {"ETCDCONFIG_LOG_FORMAT": "text"}
+    # a wrong configuration is never waited out: only an etcd that does not answer is
+    env: dict[str, str] = {"ETCDCONFIG_LOG_FORMAT": "text", "ETCDCONFIG_ETCD_WAIT": "300"}
     tls = overrides.get("tls")
     if tls == "other_ca":
         env["ETCDCONFIG_ETCD_CA_FILE"] = str(secure.other_ca.cert_path)
@@ -401,7 +402,7 @@ def test_operator_with_a_read_only_etcd_role_refuses_to_start(
 ) -> None:
     proc = subprocess.run(
         [str(BIN / "etcdconfig"), "run", "--kubeconfig", str(tmp_path / "unused")],
-        env=secure.env(user="reader", ETCDCONFIG_LOG_FORMAT="text"),
+        env=secure.env(user="reader", ETCDCONFIG_LOG_FORMAT="text", ETCDCONFIG_ETCD_WAIT="300"),
         capture_output=True,
         text=True,
         timeout=60,

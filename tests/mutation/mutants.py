@@ -26,6 +26,7 @@ HANDLERS = "operator/etcdconfig/controller/handlers.py"
 MAIN = "operator/etcdconfig/controller/main.py"
 NETWORK = "operator/etcdconfig/devenv/network.py"
 LOOPS = "operator/etcdconfig/controller/loops.py"
+HISTORY_API = "operator/etcdconfig/controller/history_api.py"
 T_CREATE = "tests/e2e/test_create_latency.py"
 T_FINALIZERS = "tests/e2e/test_adversarial_finalizers.py"
 
@@ -36,6 +37,11 @@ T_READER = "tests/integration/test_reader.py"
 T_ADVERSARIAL = "tests/integration/test_adversarial.py"
 T_KILLERS = "tests/integration/test_mutant_killers.py"
 T_SHUTDOWN = "tests/integration/test_adversarial_shutdown.py"
+T_HISTORY_API = "tests/e2e/test_history_api.py"
+T_HISTORY_UNITS = "tests/unit/test_history_api_units.py"
+T_ADV_HISTORY = "tests/e2e/test_adversarial_history_api.py"
+T_STARTUP = "tests/e2e/test_startup.py"
+T_ETCD_SECURITY = "tests/integration/test_etcd_security.py"
 
 # lines of the commit's and the deletion's compares (indented where used)
 FENCE = "*self.fencing_compares(mutex),\n"
@@ -461,6 +467,137 @@ MUTANTS: tuple[Mutant, ...] = (
         tests=(
             f"{T_FINALIZERS}::test_an_invalid_config_the_webhook_keeps_unfinalized_is_still_reported",
         ),
+        timeout=300.0,
+    ),
+    # --- the history API (docs/history-api.md) and the start-up wait for etcd -------------
+    Mutant(
+        id="M30",
+        file=HISTORY_API,
+        guard="the history API accepts a request without a front-proxy client certificate",
+        original="        if not peercert:\n",
+        replacement="        if not peercert and False:\n",
+        tests=(f"{T_HISTORY_API}::test_a_request_not_from_the_api_server_is_refused",),
+        timeout=300.0,
+    ),
+    Mutant(
+        id="M31",
+        file=HISTORY_API,
+        guard="the history API accepts any certificate of the front proxy's CA, whatever "
+        "its common name (requestheader-allowed-names ignored)",
+        original="        if self.allowed_names and not any(cn in self.allowed_names for cn in "
+        "common_names):\n",
+        replacement="        if False:\n",
+        tests=(
+            f"{T_HISTORY_UNITS}::test_authentication_needs_the_front_proxy_certificate_and_a_user",
+            f"{T_HISTORY_API}::test_a_request_not_from_the_api_server_is_refused",
+        ),
+        timeout=300.0,
+    ),
+    Mutant(
+        id="M32",
+        file=HISTORY_API,
+        guard="a SubjectAccessReview that says no is not enforced",
+        original="        if not allowed:\n            raise access.forbidden(user, reason)\n",
+        replacement="        pass\n",
+        # kube-apiserver authorizes before it proxies: only a request straight to the
+        # server, with the front proxy's certificate, shows the server's own check
+        tests=(f"{T_HISTORY_API}::test_the_server_authorizes_by_itself_what_the_proxy_passes",),
+        timeout=300.0,
+    ),
+    Mutant(
+        id="M33",
+        file=HISTORY_API,
+        guard="the SubjectAccessReview cache answers for a user whatever its groups",
+        original="        key = (user, access)\n",
+        replacement="        key = (User(user.name), access)\n",
+        tests=(f"{T_HISTORY_UNITS}::test_answers_are_cached_for_the_ttl_and_keyed_by_everything",),
+    ),
+    Mutant(
+        id="M34",
+        file=HISTORY_API,
+        guard="a record is not held to its successor's parentChecksum (data and checksum "
+        "rewritten together are served)",
+        original="        if record_checksum is None and successor is not None and "
+        "successor.version == version + 1:\n",
+        replacement="        if False:\n",
+        tests=(f"{T_HISTORY_API}::test_a_tampered_record_is_refused_with_the_verify_hint",),
+        timeout=300.0,
+    ),
+    Mutant(
+        id="M35",
+        file=HISTORY_API,
+        guard="the head's version is not held to the head's recordChecksum",
+        original="        if head is not None and head.version == version:\n"
+        "            return head.record_checksum, head.checksum\n",
+        replacement="        if False:\n            return None, None\n",
+        tests=(f"{T_HISTORY_API}::test_a_tampered_record_is_refused_with_the_verify_hint",),
+        timeout=300.0,
+    ),
+    Mutant(
+        id="M36",
+        file=MAIN,
+        guard="a TLS error at start-up is waited out like an etcd that does not answer",
+        original="        except EtcdTLSError as exc:\n"
+        '            raise StartupError(f"etcd: {exc}") from exc\n',
+        replacement="",
+        tests=(
+            f"{T_ETCD_SECURITY}::test_operator_start_up_exits_2_with_one_line_naming_the_cause"
+            "[wrong-ca]",
+        ),
+        timeout=300.0,
+    ),
+    Mutant(
+        id="M37",
+        file=MAIN,
+        guard="the start-up wait for etcd never gives up",
+        original="            if left <= 0:\n",
+        replacement="            if False:\n",
+        tests=(f"{T_STARTUP}::test_an_etcd_that_never_answers_stops_start_up_after_the_wait",),
+        timeout=300.0,
+    ),
+    Mutant(
+        id="M38",
+        file=MAIN,
+        guard="no signal handler from the first start-up step (PID 1 ignores SIGTERM: the "
+        "pod waits out its grace period)",
+        original="    take_signals()\n    client = EtcdClient(settings.etcd())\n",
+        replacement="    client = EtcdClient(settings.etcd())\n",
+        tests=(f"{T_STARTUP}::test_a_sigterm_while_waiting_for_etcd_stops_at_once_and_cleanly",),
+        timeout=300.0,
+    ),
+    Mutant(
+        id="M39",
+        file=MAIN,
+        guard="a signal during the Kubernetes checks of the start-up is not looked at",
+        original="    if stop.is_set():\n"
+        '        log.info("stopping: a signal arrived during start-up")\n',
+        replacement="    if False:\n"
+        '        log.info("stopping: a signal arrived during start-up")\n',
+        tests=(
+            f"{T_ADV_HISTORY}::test_a_sigterm_after_etcd_answered_but_before_kopf_stops_cleanly",
+            f"{T_ADV_HISTORY}::test_a_sigterm_during_a_successful_etcd_connect_stops_the_start_up",
+        ),
+        timeout=300.0,
+    ),
+    Mutant(
+        id="M40",
+        file=HISTORY_API,
+        guard="a continue token may name another namespace than the one authorized",
+        original="    if namespace and ns != namespace:\n",
+        replacement="    if False:\n",
+        tests=(
+            f"{T_ADV_HISTORY}::test_a_forged_continue_token_cannot_list_versions_of_another_namespace",
+            f"{T_ADV_HISTORY}::test_a_forged_continue_token_cannot_list_histories_of_another_namespace",
+        ),
+        timeout=300.0,
+    ),
+    Mutant(
+        id="M41",
+        file=HISTORY_API,
+        guard="a version key above the head (no commit wrote it) is served",
+        original="        if version > newest:\n",
+        replacement="        if False:\n",
+        tests=(f"{T_ADV_HISTORY}::test_a_version_key_above_the_head_is_refused",),
         timeout=300.0,
     ),
 )

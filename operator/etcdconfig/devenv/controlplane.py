@@ -85,6 +85,8 @@ STATE_FORMAT = 2  # 2: processes carry start_time and boot_id
 CLUSTER_NAME = "etcdconfig-dev"
 SERVICE_CIDR = network.SERVICE_CIDR  # in 198.18.0.0/15 with the node's other addresses
 SERVICE_IP = network.SERVICE_IP  # the `kubernetes` Service, first address of SERVICE_CIDR
+# the common name of the API server's front-proxy client certificate (the aggregation layer)
+FRONT_PROXY_CLIENT = "front-proxy-client"
 # Controllers the process-only mode needs: namespace deletion, garbage collection
 # (ownerReferences), service accounts and their tokens, kube-root-ca.crt. Workload
 # controllers are left out: without a kubelet their pods never run. With a node, every
@@ -822,6 +824,15 @@ class ControlPlane:
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--allow-privileged=true",
             "--profiling=false",
+            # the aggregation layer (kube-apiserver publishes these in kube-system's
+            # extension-apiserver-authentication ConfigMap for aggregated servers)
+            f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
+            f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
+            f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
             *(self._node_apiserver_args() if self.node else self._process_only_args()),
             *self.extra_apiserver_args,
         ]
@@ -906,6 +917,12 @@ class ControlPlane:
                     _kubeconfig(self.server, ca.cert_pem, "system:kube-scheduler", sched)
                 ),
             )
+        # the aggregation layer: the API server proxies to aggregated API servers (the
+        # history API) with this client certificate, from a CA of its own that the
+        # aggregated servers trust for X-Remote-User/X-Remote-Group only
+        CertificateAuthority.load_or_create(pki, "front-proxy-ca").issue(
+            pki / "front-proxy-client", common_name=FRONT_PROXY_CLIENT, client=True
+        )
         if not (pki / "sa.key").exists():
             write_signing_key(pki / "sa.key", pki / "sa.pub")
         admin = ca.issue(

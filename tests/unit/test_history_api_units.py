@@ -1,0 +1,187 @@
+"""The history API's pure parts: the front-proxy configuration and authentication, the
+SubjectAccessReview cache, selectors, continue tokens and Table rows."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from multidict import CIMultiDict
+
+from etcdconfig.controller.history_api import (
+    Access,
+    ApiError,
+    Authorizer,
+    RequestHeaderConfig,
+    Selection,
+    User,
+    _token,
+    _untoken,
+    as_table,
+    wants_table,
+)
+from etcdconfig.errors import EtcdConfigError
+
+CM = {
+    "requestheader-client-ca-file": "-----BEGIN CERTIFICATE-----\nX\n-----END CERTIFICATE-----",
+    "requestheader-allowed-names": '["front-proxy-client"]',
+    "requestheader-username-headers": '["X-Remote-User"]',
+    "requestheader-group-headers": '["X-Remote-Group"]',
+    "requestheader-extra-headers-prefix": '["X-Remote-Extra-"]',
+}
+
+
+def cert(cn: str) -> dict[str, Any]:
+    return {"subject": ((("organizationName", "x"),), (("commonName", cn),))}
+
+
+def test_the_configmap_is_read_as_the_api_server_writes_it() -> None:
+    auth = RequestHeaderConfig.from_configmap(CM)
+    assert auth.allowed_names == ("front-proxy-client",)
+    assert auth.username_headers == ("X-Remote-User",)
+    with pytest.raises(EtcdConfigError, match="has no requestheader-client-ca-file"):
+        RequestHeaderConfig.from_configmap({})
+    with pytest.raises(EtcdConfigError, match="requestheader-allowed-names is not a JSON list"):
+        RequestHeaderConfig.from_configmap({**CM, "requestheader-allowed-names": "front"})
+
+
+def test_authentication_needs_the_front_proxy_certificate_and_a_user() -> None:
+    auth = RequestHeaderConfig.from_configmap(CM)
+    headers = CIMultiDict(
+        [
+            ("X-Remote-User", "alice"),
+            ("X-Remote-Group", "team-a"),
+            ("x-remote-group", "system:authenticated"),
+            ("X-Remote-Extra-Scopes%2fA", "one"),
+            ("X-Remote-Extra-Scopes%2Fa", "two"),
+        ]
+    )
+    user = auth.authenticate(cert("front-proxy-client"), headers)
+    assert user == User(
+        name="alice",
+        groups=("team-a", "system:authenticated"),
+        extra=(("scopes/a", ("one", "two")),),
+    )
+    for peer, hdrs, message in [
+        (None, headers, "no front-proxy client certificate"),
+        (cert("mallory"), headers, "not an allowed front-proxy name"),
+        (cert("front-proxy-client"), CIMultiDict(), "no user in the request headers"),
+    ]:
+        with pytest.raises(ApiError) as info:
+            auth.authenticate(peer, hdrs)
+        assert info.value.code == 401 and message in info.value.message
+    # no allowed names: any certificate of the front proxy's CA will do
+    anyone = RequestHeaderConfig.from_configmap({**CM, "requestheader-allowed-names": "[]"})
+    assert anyone.authenticate(cert("mallory"), headers).name == "alice"
+
+
+async def test_answers_are_cached_for_the_ttl_and_keyed_by_everything() -> None:
+    asked: list[dict[str, Any]] = []
+    now = [100.0]
+
+    async def review(body: dict[str, Any]) -> dict[str, Any]:
+        asked.append(body["spec"])
+        return {"allowed": body["spec"]["resourceAttributes"].get("namespace") == "a"}
+
+    authz = Authorizer(review, ttl=10.0, clock=lambda: now[0])
+    alice = User("alice", ("team",))
+    await authz.check(alice, Access("list", "configversions", "a"))
+    await authz.check(alice, Access("list", "configversions", "a"))
+    assert len(asked) == 1
+    with pytest.raises(ApiError) as info:
+        await authz.check(alice, Access("get", "configversions", "b", "x.v1"))
+    assert info.value.code == 403
+    assert info.value.message == (
+        'configversions.history.etcdconfig.io "x.v1" is forbidden: User "alice" cannot get '
+        'resource "configversions" in API group "history.etcdconfig.io" in the namespace "b"'
+    )
+    # another group set is another question
+    await authz.check(User("alice", ("other",)), Access("list", "configversions", "a"))
+    assert len(asked) == 3
+    now[0] += 10.5
+    await authz.check(alice, Access("list", "configversions", "a"))
+    assert len(asked) == 4
+    assert asked[0] == {
+        "user": "alice",
+        "groups": ["team"],
+        "resourceAttributes": {
+            "verb": "list",
+            "group": "history.etcdconfig.io",
+            "version": "v1alpha1",
+            "resource": "configversions",
+            "namespace": "a",
+        },
+    }
+
+
+async def test_a_failing_review_refuses_and_is_not_cached() -> None:
+    calls = 0
+
+    async def review(body: dict[str, Any]) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise OSError("connection refused")
+        return {"allowed": True}
+
+    authz = Authorizer(review)
+    with pytest.raises(ApiError) as info:
+        await authz.check(User("bob"), Access("list", "configversions", "a"))
+    assert info.value.code == 503
+    await authz.check(User("bob"), Access("list", "configversions", "a"))
+    assert calls == 2
+
+
+def test_selectors() -> None:
+    assert Selection.parse("configversions", "etcdconfig.io/config=payments", "") == Selection(
+        config="payments"
+    )
+    assert Selection.parse("configversions", "", "config==payments,metadata.name=payments.v2") == (
+        Selection(config="payments", name="payments.v2")
+    )
+    for labels, fields, message in [
+        ("team=a", "", "unsupported label selector 'team=a'"),
+        ("etcdconfig.io/config!=x", "", "unsupported label selector"),
+        ("", "spec.x=1", "unsupported field selector 'spec.x=1'"),
+        ("etcdconfig.io/config=a", "config=b", "contradicts another one"),
+    ]:
+        with pytest.raises(ApiError) as info:
+            Selection.parse("configversions", labels, fields)
+        assert info.value.code == 400 and message in info.value.message
+
+
+def test_a_continue_token_works_only_for_its_own_query() -> None:
+    token = _token({"q": "abc", "ns": "a", "c": "payments", "b": 3})
+    assert _untoken(token, "abc")["b"] == 3
+    for bad, query in [(token, "other"), ("%%%", "abc"), (_token({"x": 1}), "abc")]:
+        with pytest.raises(ApiError) as info:
+            _untoken(bad, query)
+        assert info.value.code == 400
+
+
+def test_tables_for_kubectl() -> None:
+    assert wants_table("application/json;as=Table;v=v1;g=meta.k8s.io,application/json")
+    assert not wants_table("application/json")
+    obj = {
+        "kind": "ConfigVersion",
+        "metadata": {"name": "payments.v2"},
+        "version": 2,
+        "generation": 4,
+        "checksum": "sha256:0123456789abcdef",
+        "recordedAt": "2026-12-07T10:00:00Z",
+        "author": {"manager": "helm", "changeCause": "why"},
+        "origin": {"kind": "rollback", "fromVersion": 1},
+        "uid": "u",
+        "recordedBy": "op-0",
+        "fencingRevision": 9,
+    }
+    table = as_table([obj], "configversions", {}, "Metadata")
+    (row,) = table["rows"]
+    assert row["cells"] == [
+        "payments.v2", 2, 4, "0123456789ab", "2026-12-07T10:00:00Z", "helm",
+        "rollback from v1", "why", "u", "op-0", 9,
+    ]  # fmt: skip
+    assert row["object"]["kind"] == "PartialObjectMetadata"
+    assert len(table["columnDefinitions"]) == len(row["cells"])
+    assert json.loads(json.dumps(table)) == table
