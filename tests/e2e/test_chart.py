@@ -155,12 +155,18 @@ def test_rendered_crd_is_the_generated_crd_kept_on_uninstall(tmp_path: Path) -> 
 def test_default_install_renders_the_operator_with_its_safety_settings(tmp_path: Path) -> None:
     docs = render(tmp_path, EXTERNAL)
     assert kinds(docs) == [
+        "APIService",
         "ClusterRole",
+        "ClusterRole",
+        "ClusterRoleBinding",
         "ClusterRoleBinding",
         "CustomResourceDefinition",
         "Deployment",
         "PodDisruptionBudget",
+        "RoleBinding",
         "Secret",
+        "Secret",
+        "Service",
         "Service",
         "Service",
         "ServiceAccount",
@@ -179,7 +185,7 @@ def test_default_install_renders_the_operator_with_its_safety_settings(tmp_path:
     )
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-    assert [p["name"] for p in c["ports"]] == ["http", "webhook"]
+    assert [p["name"] for p in c["ports"]] == ["http", "webhook", "history-api"]
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
     assert spec["securityContext"]["runAsNonRoot"] is True
@@ -191,7 +197,10 @@ def test_default_install_renders_the_operator_with_its_safety_settings(tmp_path:
     )
     (pdb,) = by_kind(docs, "PodDisruptionBudget")
     assert pdb["spec"]["maxUnavailable"] == 1
-    metrics_svc, webhook_svc = sorted(by_kind(docs, "Service"), key=lambda d: d["metadata"]["name"])
+    history_svc, metrics_svc, webhook_svc = sorted(
+        by_kind(docs, "Service"), key=lambda d: d["metadata"]["name"]
+    )
+    assert history_svc["spec"]["ports"][0]["targetPort"] == "history-api"
     assert metrics_svc["spec"]["ports"][0]["targetPort"] == "http"
     assert webhook_svc["spec"]["ports"][0]["targetPort"] == "webhook"
 
@@ -214,8 +223,9 @@ def test_webhook_is_on_by_default_fail_closed_for_configs_only(tmp_path: Path) -
             "scope": "Namespaced",
         }
     ]
-    (secret,) = by_kind(docs, "Secret")
-    assert secret["metadata"]["name"] == "ec-etcdconfig-webhook-tls"
+    secrets = {s["metadata"]["name"]: s for s in by_kind(docs, "Secret")}
+    assert sorted(secrets) == ["ec-etcdconfig-history-api-tls", "ec-etcdconfig-webhook-tls"]
+    secret = secrets["ec-etcdconfig-webhook-tls"]
     assert hook["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
     ca = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["ca.crt"]))
     cert = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
@@ -468,13 +478,19 @@ def test_install_creates_every_object_and_uninstall_keeps_the_crd(
     manifest = control_plane.helm("get", "manifest", release, "-n", namespace).stdout
     objects = _manifest_objects(manifest)
     assert sorted(k for k, _, _ in objects) == [
+        "APIService",
         "ClusterRole",
+        "ClusterRole",
+        "ClusterRoleBinding",
         "ClusterRoleBinding",
         "CustomResourceDefinition",
         "Deployment",
         "PodDisruptionBudget",
         "PodDisruptionBudget",
+        "RoleBinding",
         "Secret",
+        "Secret",
+        "Service",
         "Service",
         "Service",
         "Service",
@@ -494,8 +510,8 @@ def test_install_creates_every_object_and_uninstall_keeps_the_crd(
     )
     assert crd_obj["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
 
-    # an upgrade keeps the chart-made webhook certificate (lookup), so the CA bundle the
-    # API server trusts stays the one the running pods serve with
+    # an upgrade keeps the chart-made webhook and history API certificates (lookup), so
+    # the CA bundles the API server trusts stay the ones the running pods serve with
     def webhook_ca() -> tuple[str, str]:
         secret = json.loads(
             control_plane.kubectl(
@@ -510,11 +526,26 @@ def test_install_creates_every_object_and_uninstall_keeps_the_crd(
         assert vwc["webhooks"][0]["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
         return secret["data"]["ca.crt"], secret["data"]["tls.crt"]
 
-    before = webhook_ca()
+    def history_api_ca() -> tuple[str, str]:
+        secret = json.loads(
+            control_plane.kubectl(
+                "get", "secret", f"{release}-etcdconfig-history-api-tls", "-n", namespace,
+                "-o", "json",
+            ).stdout
+        )  # fmt: skip
+        api = json.loads(
+            control_plane.kubectl(
+                "get", "apiservice", "v1alpha1.history.etcdconfig.io", "-o", "json"
+            ).stdout
+        )
+        assert api["spec"]["caBundle"] == secret["data"]["ca.crt"]
+        return secret["data"]["ca.crt"], secret["data"]["tls.crt"]
+
+    before = webhook_ca(), history_api_ca()
     control_plane.helm(
         "upgrade", release, str(CHART), "-n", namespace, "-f", values_file(tmp_path, values)
     )
-    assert webhook_ca() == before
+    assert (webhook_ca(), history_api_ca()) == before
 
     control_plane.helm("uninstall", release, "-n", namespace)
     for kind, name, ns in objects:
@@ -575,9 +606,16 @@ def install(
         "-n",
         namespace,
         "-f",
-        # nothing serves the webhook here (no kubelet, the operator runs without it)
+        # nothing serves the webhook or the history API here (no kubelet, the operator
+        # runs without them); an APIService nobody serves would also disturb discovery
         values_file(
-            tmp_path, {"crds": {"enabled": False}, "webhook": {"enabled": False}, **values}
+            tmp_path,
+            {
+                "crds": {"enabled": False},
+                "webhook": {"enabled": False},
+                "historyApi": {"enabled": False},
+                **values,
+            },
         ),
     )
     return release, f"system:serviceaccount:{namespace}:{release}-etcdconfig"
@@ -752,7 +790,7 @@ def test_crd_applied_by_hand_needs_crds_enabled_false_as_documented(
     install` refuses it with "invalid ownership metadata", and the documented fix
     (`--set crds.enabled=false`) installs."""
     release = f"ec-{uuid.uuid4().hex[:6]}"
-    values = {**EXTERNAL, "webhook": {"enabled": False}}
+    values = {**EXTERNAL, "webhook": {"enabled": False}, "historyApi": {"enabled": False}}
     proc = control_plane.helm(
         "install", release, str(CHART), "-n", namespace, "-f", values_file(tmp_path, values),
         check=False,

@@ -150,3 +150,89 @@ def test_the_webhook_declares_its_side_effects_none_on_dry_run() -> None:
     dry run (``controller/handlers.py``): ``NoneOnDryRun``, not ``None``."""
     text = (CHART / "templates" / "webhook.yaml").read_text()
     assert re.findall(r"^\s*sideEffects:\s*(\S+)\s*$", text, re.M) == ["NoneOnDryRun"]
+
+
+HISTORY_API_DOC = ROOT / "docs" / "history-api.md"
+
+
+def test_schema_rejects_unknown_history_api_keys() -> None:
+    """No insecureSkipTLSVerify: the APIService always checks the serving certificate."""
+    values = _values()
+    values["historyApi"]["insecureSkipTLSVerify"] = True
+    values["historyApi"]["certificate"]["sorce"] = "helm"
+    values["historyApi"]["certificate"]["certManager"]["isuerRef"] = {}
+    errors = sorted(e.message for e in jsonschema.Draft7Validator(_schema()).iter_errors(values))
+    assert errors == [
+        "Additional properties are not allowed ('insecureSkipTLSVerify' was unexpected)",
+        "Additional properties are not allowed ('isuerRef' was unexpected)",
+        "Additional properties are not allowed ('sorce' was unexpected)",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("port",), 0),
+        (("port",), 65536),
+        (("authzCacheTTL",), -1),
+        (("authzCacheTTL",), "10"),
+        (("enabled",), "yes"),
+        (("aggregateToView",), "true"),
+        (("readerRoleName",), "Etcdconfig History"),
+        (("certificate", "source"), "selfSigned"),
+    ],
+)
+def test_schema_rejects_bad_history_api_values(path: tuple[str, ...], value: Any) -> None:
+    values = _values()
+    node = values["historyApi"]
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    errors = list(jsonschema.Draft7Validator(_schema()).iter_errors(values))
+    assert [list(e.absolute_path) for e in errors] == [["historyApi", *path]]
+
+
+def test_history_api_defaults_are_the_documented_ones() -> None:
+    """On by default, on the documented port and cache time, the reader role under the
+    name docs/history-api.md tells users to bind, and the same certificate sources as
+    the webhook."""
+    history = _values()["historyApi"]
+    assert history["enabled"] is True
+    assert history["port"] == 8443
+    assert history["authzCacheTTL"] == 10
+    assert history["readerRoleName"] == "etcdconfig-history-reader"
+    assert history["aggregateToView"] is False
+    assert history["certificate"]["source"] == "helm"
+    doc = HISTORY_API_DOC.read_text()
+    assert "`etcdconfig-history-reader`" in doc
+    schema = _schema()["properties"]
+    assert (
+        schema["historyApi"]["properties"]["certificate"]
+        == schema["webhook"]["properties"]["certificate"]
+    )
+
+
+def test_the_chart_sets_only_documented_history_api_settings() -> None:
+    """Every ETCDCONFIG_HISTORY_API_* variable the Deployment sets is in the settings
+    table of docs/history-api.md (the contract with `etcdconfig run`)."""
+    text = (CHART / "templates" / "deployment.yaml").read_text()
+    names = set(re.findall(r"name: (ETCDCONFIG_HISTORY_API_[A-Z_]+)", text))
+    assert names == {
+        "ETCDCONFIG_HISTORY_API_ENABLED",
+        "ETCDCONFIG_HISTORY_API_ADDR",
+        "ETCDCONFIG_HISTORY_API_PORT",
+        "ETCDCONFIG_HISTORY_API_CERT_FILE",
+        "ETCDCONFIG_HISTORY_API_KEY_FILE",
+        "ETCDCONFIG_HISTORY_API_AUTHZ_TTL",
+    }
+    doc = HISTORY_API_DOC.read_text()
+    table = "\n".join(line for line in doc.splitlines() if line.startswith("| `--history-api"))
+    documented = set(re.findall(r"`(ETCDCONFIG_HISTORY_API_[A-Z_]+)`", table))
+    documented |= {f"ETCDCONFIG_HISTORY_API_{m}" for m in re.findall(r"`\.\.\._([A-Z_]+)`", table)}
+    assert sorted(names - documented) == []
+
+
+def test_the_api_service_never_skips_tls_verification() -> None:
+    text = (CHART / "templates" / "history-api.yaml").read_text()
+    assert "insecureSkipTLSVerify" not in text
+    assert "caBundle: {{ $caBundle }}" in text

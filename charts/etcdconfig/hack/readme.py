@@ -58,6 +58,15 @@ command line: `--set 'etcd.endpoints={{https://a:2379,https://b:2379}}'`.
   make a new certificate at every sync), or `webhook.failurePolicy=Ignore` to
   admit changes while the operator is down (it still never records invalid
   data).
+- **The history API is on** (`historyApi.enabled`): every recorded version is
+  readable with `kubectl get configversions -n <namespace>` and a kubeconfig,
+  under Kubernetes RBAC, through the APIService `v1alpha1.history.etcdconfig.io`
+  the operator serves (the repository's `docs/history-api.md`). Users need the
+  ClusterRole `etcdconfig-history-reader` bound in their namespace
+  (`kubectl create rolebinding ... --clusterrole=etcdconfig-history-reader`);
+  only administrators need etcd access (verify, locks, members). The APIService
+  is cluster-wide: one release per cluster may enable it. Its certificate is
+  made like the webhook's (`historyApi.certificate`).
 - **The CRD is part of the release and kept on uninstall** (`crds.enabled`,
   `crds.keep`), so `helm upgrade` upgrades it and `helm uninstall` leaves every
   Config in place.

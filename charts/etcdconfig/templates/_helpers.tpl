@@ -130,3 +130,23 @@ these site-specific values; failing there only printed an INFO "funcMap fail" li
 {{- fail "webhook.certificate.secretName is required with webhook.certificate.source=secret" }}
 {{- end }}
 {{- end }}
+
+{{/* The history API: its Service, and the name of its serving-certificate Secret. */}}
+{{- define "etcdconfig.historyApiService" -}}
+{{- printf "%s-history-api" (include "etcdconfig.fullname" .) }}
+{{- end }}
+
+{{- define "etcdconfig.historyApiSecretName" -}}
+{{- if .Values.historyApi.certificate.secretName }}
+{{- .Values.historyApi.certificate.secretName }}
+{{- else if ne .Values.historyApi.certificate.source "secret" }}
+{{- printf "%s-history-api-tls" (include "etcdconfig.fullname" .) }}
+{{- else }}
+{{- fail "historyApi.certificate.secretName is required with historyApi.certificate.source=secret" }}
+{{- end }}
+{{- end }}
+
+{{/* The ClusterRole users bind to read history (not prefixed with the release). */}}
+{{- define "etcdconfig.historyReaderRole" -}}
+{{- .Values.historyApi.readerRoleName | default "etcdconfig-history-reader" }}
+{{- end }}
