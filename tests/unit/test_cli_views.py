@@ -151,6 +151,8 @@ class Store:
 
 @pytest.fixture
 def store(monkeypatch: pytest.MonkeyPatch) -> Store:
+    # the CLI reads etcd (not the history API) only when endpoints are given, as an admin would
+    monkeypatch.setenv("ETCDCONFIG_ETCD_ENDPOINTS", "127.0.0.1:2379")
     s = Store()
 
     async def with_store(args: Any, fn: Callable[[VersionedStore], Any]) -> int:

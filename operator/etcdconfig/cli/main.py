@@ -1,5 +1,10 @@
 """``etcdconfig``: run the operator; read, compare, roll back and verify history.
 
+``history``, ``show``, ``diff`` and ``rollback`` read versions through the history API
+(``history.etcdconfig.io/v1alpha1``) with the user's kubeconfig; with etcd endpoints
+(``--etcd-endpoints`` or ``ETCDCONFIG_ETCD_ENDPOINTS``) they read etcd directly, as
+``verify``, ``locks`` and ``members`` always do. Both give the same output.
+
 Exit codes: 0 success (``diff``: the versions are equal); 1 error (one line on
 stderr, ``--debug`` for a traceback; ``diff``: the versions differ); 2 usage error
 or the operator could not start; 3 an integrity problem: ``verify`` found some, or a
@@ -18,13 +23,14 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import yaml
 from pydantic import ValidationError
 
 from etcdconfig import __version__
 from etcdconfig.canonical import checksum
+from etcdconfig.cli import remote
 from etcdconfig.cli.output import (
     EXIT_ERROR,
     EXIT_INTEGRITY,
@@ -63,18 +69,40 @@ from etcdconfig.store.integrity import describe, load_record
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from etcdconfig.store.records import Incarnation
+
 __all__ = ["EXIT_ERROR", "EXIT_INTEGRITY", "EXIT_NOT_FOUND", "EXIT_USAGE", "Exit", "main"]
 
 ENDPOINTS_HINT = "set ETCDCONFIG_ETCD_ENDPOINTS or pass --etcd-endpoints"
 
 
-def _ref(value: str, default_ns: str | None) -> tuple[str, str]:
+def _kube_flags_of(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """``--kubeconfig`` and ``--context`` (else ``ETCDCONFIG_KUBECONFIG``/``_CONTEXT``,
+    as the operator's settings read them)."""
+    kubeconfig = getattr(args, "kubeconfig", None) or os.environ.get("ETCDCONFIG_KUBECONFIG")
+    context = getattr(args, "context", None) or os.environ.get("ETCDCONFIG_CONTEXT")
+    return kubeconfig or None, context or None
+
+
+def _kube_target(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """The kubeconfig and the context to connect with: the context kubectl would pick
+    (with a ``KUBECONFIG`` list, the first file that sets ``current-context``)."""
+    kubeconfig, context = _kube_flags_of(args)
+    return kubeconfig, remote.kube_context(kubeconfig, context).context or context
+
+
+def _ref(value: str, args: argparse.Namespace) -> tuple[str, str]:
+    """(namespace, name) of ``NAMESPACE/NAME``, or of ``NAME`` in ``-n``'s namespace,
+    else the kubeconfig's current context's (as kubectl: ``--kubeconfig``, ``--context``,
+    ``KUBECONFIG``), else ``default``."""
     if "/" in value:
         ns, name = value.split("/", 1)
     else:
-        ns, name = default_ns or "default", value
-    if not ns or not name or "/" in name:
+        ns, name = getattr(args, "namespace", None) or "", value
+    if not name or "/" in name or ("/" in value and not ns):
         raise Exit(EXIT_USAGE, f"expected NAMESPACE/NAME or NAME with -n, got {value!r}")
+    if not ns:
+        ns = remote.kube_context(*_kube_flags_of(args)).namespace
     return ns, name
 
 
@@ -106,6 +134,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         "log_level",
         "acquire_timeout",
         "hold_timeout",
+        "etcd_wait",
     ):
         value = getattr(args, field, None)
         if value is not None:
@@ -213,6 +242,110 @@ async def _verified(
     return record, head
 
 
+# --- where versions are read: the history API or etcd -------------------------------------
+
+
+class _Source(Protocol):
+    """What ``history``, ``show``, ``diff`` and ``rollback`` read, from either transport."""
+
+    async def page(
+        self, ns: str, name: str, limit: int, before: int | None
+    ) -> tuple[list[VersionRecord], int | None, Head | None, list[Incarnation]]:
+        """Versions newest first, the next page's cursor, the head, the incarnations;
+        ``NotFound`` when the store holds nothing of the Config."""
+        ...
+
+    async def verified(
+        self, ns: str, name: str, version: int | None
+    ) -> tuple[VersionRecord, Head | None]:
+        """As :func:`_verified`."""
+        ...
+
+
+class _EtcdSource:
+    def __init__(self, store: VersionedStore) -> None:
+        self.store = store
+
+    async def page(
+        self, ns: str, name: str, limit: int, before: int | None
+    ) -> tuple[list[VersionRecord], int | None, Head | None, list[Incarnation]]:
+        records, cursor = await self.store.history(ns, name, limit=limit, before=before)
+        head = await self.store.head(ns, name)
+        incarnations = await self.store.incarnations(ns, name)
+        if head is None and not records and not incarnations:
+            raise _no_history(self.store, ns, name)
+        return records, cursor, head, incarnations
+
+    async def verified(
+        self, ns: str, name: str, version: int | None
+    ) -> tuple[VersionRecord, Head | None]:
+        return await _verified(self.store, ns, name, version)
+
+
+def _no_remote_history(ns: str, name: str) -> NotFound:
+    return NotFound(
+        f"{ns}/{name} has no history in the store (no confighistories.{remote.GROUP} "
+        f'"{name}" in namespace "{ns}": check the namespace, -n or NAMESPACE/NAME)'
+    )
+
+
+class _ApiSource:
+    """The history API: the same records, heads and incarnations, checked the same way."""
+
+    def __init__(self, api: remote.HistoryApi) -> None:
+        self.api = api
+
+    async def _history(self, ns: str, name: str) -> remote.RemoteHistory:
+        history = await self.api.config_history(ns, name)
+        if history is None:
+            raise _no_remote_history(ns, name)
+        return history
+
+    async def page(
+        self, ns: str, name: str, limit: int, before: int | None
+    ) -> tuple[list[VersionRecord], int | None, Head | None, list[Incarnation]]:
+        history = await self._history(ns, name)
+        records, cursor = await self.api.versions(
+            ns, name, limit=limit, before=before, head=history.head
+        )
+        return records, cursor, history.head, history.incarnations
+
+    async def verified(
+        self, ns: str, name: str, version: int | None
+    ) -> tuple[VersionRecord, Head | None]:
+        history = await self._history(ns, name)
+        head = history.head
+        if version is None:
+            if head is None:
+                raise _no_remote_history(ns, name)
+            if head.version == 0:
+                raise NotFound(f"{_deleted_note(ns, name, head)}; no version remains")
+            version = head.version
+        record = await self.api.version(ns, name, version, head)
+        if record is None:
+            raise NotFound(
+                f"{ns}/{name} has no version {version} in the store ({history.retained_text()})"
+            )
+        return record, head
+
+
+def _use_etcd(args: argparse.Namespace) -> bool:
+    """etcd when its endpoints are given; else the history API (the default)."""
+    return bool(
+        getattr(args, "etcd_endpoints", None) or os.environ.get("ETCDCONFIG_ETCD_ENDPOINTS")
+    )
+
+
+async def _with_source(args: argparse.Namespace, fn: Callable[[_Source], Awaitable[int]]) -> int:
+    if _use_etcd(args):
+        return await _with_store(args, lambda store: fn(_EtcdSource(store)))
+    api = await remote.connect(*_kube_target(args))
+    try:
+        return await fn(_ApiSource(api))
+    finally:
+        await api.close()
+
+
 # --- commands ------------------------------------------------------------------------------
 
 
@@ -230,15 +363,11 @@ def _origin(r: VersionRecord) -> str:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    ns, name = _ref(args.config, args.namespace)
+    ns, name = _ref(args.config, args)
     wide = args.output == "wide"
 
-    async def go(store: VersionedStore) -> int:
-        records, cursor = await store.history(ns, name, limit=args.limit, before=args.before)
-        head = await store.head(ns, name)
-        incarnations = await store.incarnations(ns, name)
-        if head is None and not records and not incarnations:
-            raise _no_history(store, ns, name)
+    async def go(source: _Source) -> int:
+        records, cursor, head, incarnations = await source.page(ns, name, args.limit, args.before)
         state = config_state(head)
         events = events_for(incarnations, records, head)
         rows = merge(records, events, first_page=args.before is None)
@@ -291,14 +420,14 @@ def cmd_history(args: argparse.Namespace) -> int:
             err_console.print(f"[dim]more: --before {cursor}[/dim]")
         return 0
 
-    return asyncio.run(_with_store(args, go))
+    return asyncio.run(_with_source(args, go))
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    ns, name = _ref(args.config, args.namespace)
+    ns, name = _ref(args.config, args)
 
-    async def go(store: VersionedStore) -> int:
-        rec, head = await _verified(store, ns, name, args.version or None)
+    async def go(source: _Source) -> int:
+        rec, head = await source.verified(ns, name, args.version or None)
         deleted = head is not None and head.deleted
         note = f"{_deleted_note(ns, name, head)}; its versions remain" if deleted and head else ""
         if args.output in ("table", "wide"):
@@ -323,7 +452,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         emit(doc, args.output, names=[f"{ns}/{name}@v{rec.version}"], command="show")
         return 0
 
-    return asyncio.run(_with_store(args, go))
+    return asyncio.run(_with_source(args, go))
 
 
 def _schema_of(rec: VersionRecord) -> tuple[bool, str | None, Any]:
@@ -366,11 +495,11 @@ def _print_diff(lines: list[str], no_color: bool) -> None:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    ns, name = _ref(args.config, args.namespace)
+    ns, name = _ref(args.config, args)
 
-    async def go(store: VersionedStore) -> int:
-        a, _ = await _verified(store, ns, name, args.from_version)
-        b, _ = await _verified(store, ns, name, args.to_version)
+    async def go(source: _Source) -> int:
+        a, _ = await source.verified(ns, name, args.from_version)
+        b, _ = await source.verified(ns, name, args.to_version)
         left = yaml.safe_dump(a.data, sort_keys=True, allow_unicode=True).splitlines(keepends=True)
         right = yaml.safe_dump(b.data, sort_keys=True, allow_unicode=True).splitlines(keepends=True)
         ref = f"{ns}/{name}"
@@ -415,7 +544,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
             )
         return 0 if equal else 1
 
-    return asyncio.run(_with_store(args, go))
+    return asyncio.run(_with_source(args, go))
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -423,7 +552,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if args.all:
             targets = await store.list_configs()
         elif args.config:
-            ns, name = _ref(args.config, args.namespace)
+            ns, name = _ref(args.config, args)
             if (
                 await store.head(ns, name) is None
                 and not (await store.history(ns, name, limit=1))[0]
@@ -637,17 +766,17 @@ def rollback_manifest(
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    ns, name = _ref(args.config, args.namespace)
-    settings = _settings(args)
+    ns, name = _ref(args.config, args)
+    kubeconfig, context = _kube_target(args)
     dry_run = args.dry_run if args.dry_run != "none" else None
 
-    async def go(store: VersionedStore) -> int:
+    async def go(source: _Source) -> int:
         from etcdconfig.kube import JSON_PATCH, Kube, _explain, load_api_client
         from etcdconfig.validation import Validator
 
         # verified before anything else: a tampered record must never become a new version
-        target, _ = await _verified(store, ns, name, args.to)
-        kube = Kube(await load_api_client(settings.kubeconfig, settings.context))
+        target, _ = await source.verified(ns, name, args.to)
+        kube = Kube(await load_api_client(kubeconfig, context))
         try:
             obj = await kube.get_config(ns, name)
             if obj is None:
@@ -748,7 +877,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         finally:
             await kube.close()
 
-    return asyncio.run(_with_store(args, go))
+    return asyncio.run(_with_source(args, go))
 
 
 def cmd_version(args: argparse.Namespace) -> int:
@@ -778,6 +907,8 @@ GLOBAL_DEFAULTS: dict[str, Any] = {
     "debug": False,
     "output": "table",
     "namespace": None,
+    "kubeconfig": None,
+    "context": None,
     "etcd_endpoints": None,
     "etcd_prefix": None,
     "etcd_ca_file": None,
@@ -799,8 +930,23 @@ def _global_flags(p: argparse.ArgumentParser) -> None:
         metavar="FORMAT",
         help="table (default), wide, json, yaml, name, or jsonpath=TEMPLATE",
     )
-    p.add_argument("-n", "--namespace", default=s, help="namespace for a bare NAME")
-    g = p.add_argument_group("etcd (defaults from ETCDCONFIG_* environment variables)")
+    p.add_argument(
+        "-n",
+        "--namespace",
+        default=s,
+        help="namespace for a bare NAME (default: the kubeconfig context's, else default)",
+    )
+    k = p.add_argument_group(
+        "Kubernetes (history, show, diff and rollback read the history API with it)"
+    )
+    k.add_argument(
+        "--kubeconfig", default=s, help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config)"
+    )
+    k.add_argument("--context", default=s, help="kubeconfig context (default: its current one)")
+    g = p.add_argument_group(
+        "etcd (defaults from ETCDCONFIG_* environment variables; with endpoints, history, "
+        "show, diff and rollback read etcd instead of the history API)"
+    )
     g.add_argument(
         "--etcd-endpoints",
         dest="etcd_endpoints",
@@ -817,11 +963,6 @@ def _global_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--etcd-password", dest="etcd_password", default=s, help="prefer ETCDCONFIG_ETCD_PASSWORD"
     )
-
-
-def _kube_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--kubeconfig")
-    p.add_argument("--context")
 
 
 def _count(value: str) -> int:
@@ -850,12 +991,18 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = command("run", cmd_run, "run the operator")
-    _kube_flags(p)
     p.add_argument("--namespaces", help="comma-separated namespaces to watch (default: all)")
     p.add_argument("--replica-id", dest="replica_id")
     p.add_argument("--lock-ttl", dest="lock_ttl", type=int)
     p.add_argument("--acquire-timeout", dest="acquire_timeout", type=float)
     p.add_argument("--hold-timeout", dest="hold_timeout", type=float)
+    p.add_argument(
+        "--etcd-wait",
+        dest="etcd_wait",
+        type=float,
+        help="seconds to keep retrying an etcd that does not answer at start-up "
+        "(default 0: fail at once)",
+    )
     p.add_argument("--resync-interval", dest="resync_interval", type=float)
     p.add_argument("--integrity-interval", dest="integrity_interval", type=float)
     p.add_argument("--http-addr", dest="http_addr")
@@ -911,7 +1058,6 @@ def build_parser() -> argparse.ArgumentParser:
         "send it to the API server as a dry run (admission checks it), persist nothing",
     )
     mode.add_argument("--print", action="store_true", help="print the manifest to commit (GitOps)")
-    _kube_flags(p)
 
     p = command(
         "validate",
