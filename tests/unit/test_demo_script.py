@@ -225,12 +225,20 @@ def test_the_closing_lines_use_the_services_and_name_the_state_dir_when_not_the_
     lines = demo.try_it_yourself(
         tmp_path, "198.18.16.30:2379", "http://198.18.16.20:8080/metrics"
     ).splitlines()
-    assert lines[:4] == [
+    assert lines[:3] == [
         "",
         "Try it yourself:",
         f'  eval "$(.venv/bin/python -m etcdconfig.devenv --dir {tmp_path} env)"',
-        "  export ETCDCONFIG_ETCD_ENDPOINTS=198.18.16.30:2379 ETCDCONFIG_ETCD_PREFIX=/etcdconfig",
     ]
+    # users read history with the kubeconfig; etcd endpoints are the admin path, last
+    assert (
+        "  kubectl etcdconfig history payments   # the plugin: a kubeconfig is all it needs"
+        in lines
+    )
+    assert (
+        "  export ETCDCONFIG_ETCD_ENDPOINTS=198.18.16.30:2379 ETCDCONFIG_ETCD_PREFIX=/etcdconfig"
+        in lines
+    )
     assert "  operator metrics: http://198.18.16.20:8080/metrics" in lines
     assert lines[-1] == (
         f"  .venv/bin/python -m etcdconfig.devenv.demo --dir {tmp_path} down # stop everything"

@@ -3,6 +3,7 @@ SubjectAccessReview cache, selectors, continue tokens and Table rows."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -153,10 +154,18 @@ def test_selectors() -> None:
 
 def test_a_continue_token_works_only_for_its_own_query() -> None:
     token = _token({"q": "abc", "ns": "a", "c": "payments", "b": 3})
-    assert _untoken(token, "abc")["b"] == 3
-    for bad, query in [(token, "other"), ("%%%", "abc"), (_token({"x": 1}), "abc")]:
+    assert _untoken(token, "abc", "a")["b"] == 3
+    assert _untoken(token, "abc", "")["c"] == "payments"  # a list over every namespace
+    for bad, query, ns in [
+        (token, "other", "a"),
+        (token, "abc", "b"),  # positioned in another namespace than the one authorized
+        ("%%%", "abc", "a"),
+        (_token({"x": 1}), "abc", "a"),
+        (_token({"q": "abc", "ns": "a", "c": "p", "b": "x"}), "abc", "a"),
+        (_token({"q": "abc", "ns": "a/b", "c": "p", "b": 0}), "abc", ""),
+    ]:
         with pytest.raises(ApiError) as info:
-            _untoken(bad, query)
+            _untoken(bad, query, ns)
         assert info.value.code == 400
 
 
@@ -185,3 +194,26 @@ def test_tables_for_kubectl() -> None:
     assert row["object"]["kind"] == "PartialObjectMetadata"
     assert len(table["columnDefinitions"]) == len(row["cells"])
     assert json.loads(json.dumps(table)) == table
+
+
+async def test_a_review_that_does_not_answer_is_a_503_within_the_timeout() -> None:
+    never = asyncio.Event()
+
+    async def review(body: dict[str, Any]) -> dict[str, Any]:
+        await never.wait()
+        return {"allowed": True}
+
+    authz = Authorizer(review, timeout=0.05)
+    with pytest.raises(ApiError) as info:
+        await authz.check(User("bob"), Access("list", "configversions", "a"))
+    assert info.value.code == 503
+    assert info.value.message == (
+        "cannot check access with the API server (SubjectAccessReview): no answer within 0.05s"
+    )
+
+
+def test_the_last_common_name_counts_as_for_kube_apiserver() -> None:
+    auth = RequestHeaderConfig.from_configmap(CM)
+    two = {"subject": ((("commonName", "front-proxy-client"),), (("commonName", "mallory"),))}
+    with pytest.raises(ApiError):
+        auth.authenticate(two, CIMultiDict([("X-Remote-User", "alice")]))

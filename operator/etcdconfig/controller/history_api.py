@@ -182,6 +182,8 @@ class RequestHeaderConfig:
             for key, value in rdn
             if key == "commonName"
         ]
+        # the last common name counts, as for kube-apiserver (Go's Subject.CommonName)
+        common_names = common_names[-1:]
         if self.allowed_names and not any(cn in self.allowed_names for cn in common_names):
             raise ApiError(
                 401,
@@ -197,7 +199,8 @@ class RequestHeaderConfig:
         for key in headers:
             for prefix in self.extra_prefixes:
                 if key.lower().startswith(prefix.lower()):
-                    extra_key = urllib.parse.unquote(key[len(prefix) :]).lower()
+                    # as kube-apiserver: lower-cased, then unescaped
+                    extra_key = urllib.parse.unquote(key[len(prefix) :].lower())
                     extra.setdefault(extra_key, []).extend(headers.getall(key, ()))
         return User(
             name=name,
@@ -242,6 +245,7 @@ class Authorizer:
 
     review: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
     ttl: float = 10.0
+    timeout: float = 5.0  # seconds for one SubjectAccessReview; then 503, not cached
     max_entries: int = 10_000
     clock: Callable[[], float] = time.monotonic
     _cache: dict[tuple[User, Access], tuple[float, bool, str]] = field(default_factory=dict)
@@ -282,19 +286,21 @@ class Authorizer:
         if user.extra:
             spec["extra"] = {k: list(v) for k, v in user.extra}
         try:
-            status = await self.review(
-                {
-                    "apiVersion": "authorization.k8s.io/v1",
-                    "kind": "SubjectAccessReview",
-                    "spec": spec,
-                }
-            )
+            async with asyncio.timeout(self.timeout):
+                status = await self.review(
+                    {
+                        "apiVersion": "authorization.k8s.io/v1",
+                        "kind": "SubjectAccessReview",
+                        "spec": spec,
+                    }
+                )
         except Exception as exc:  # the API server is away: refuse, do not cache
-            log.warning("SubjectAccessReview failed", extra={"error": str(exc)})
+            why = str(exc) or f"no answer within {self.timeout:g}s"
+            log.warning("SubjectAccessReview failed", extra={"error": why})
             raise ApiError(
                 503,
                 "ServiceUnavailable",
-                f"cannot check access with the API server (SubjectAccessReview): {exc}",
+                f"cannot check access with the API server (SubjectAccessReview): {why}",
             ) from exc
         allowed = bool(status.get("allowed")) and not status.get("denied")
         return allowed, str(status.get("reason") or "")

@@ -79,6 +79,7 @@ VOLUME = "etcdconfig-demo-etcd-0"
 VOLUME_SIZE = "1Gi"  # the chart's etcd.bundled.persistence.size
 ETCD_UID = 10001  # the etcd image's user: a hostPath volume gets no fsGroup
 PREFIX = "/etcdconfig"  # the chart's etcd.prefix
+HISTORY_APISERVICE = "v1alpha1.history.etcdconfig.io"  # the chart's history API
 START_TIMEOUT = 300
 HELM_TIMEOUT = 240
 READY_TIMEOUT = 60
@@ -202,21 +203,45 @@ def up(state: Path) -> int:
 
     _say("kubectl get pods,cfg -A")
     print(plane.kubectl("get", "pods,cfg", "-A").stdout.rstrip())
-    cli_env = {
-        **os.environ,
+    _wait_history_api(plane)
+    _say("kubectl get configversions   # the history API: a kubeconfig, RBAC per namespace")
+    print(plane.kubectl("get", "configversions").stdout.rstrip())
+    # users: the kubeconfig alone (the history API); admins: etcd (verify)
+    user_env = {k: v for k, v in plane.client_env().items() if not k.startswith("ETCDCONFIG_")}
+    admin_env = {
+        **user_env,
         "ETCDCONFIG_ETCD_ENDPOINTS": etcd_endpoint,
         "ETCDCONFIG_ETCD_PREFIX": PREFIX,
     }
-    for ref in ("default/payments", "default/feature-flags"):
-        _say(f"etcdconfig history {ref}")
-        _cli(cli_env, "history", ref)
-    _say("etcdconfig diff default/payments 1 2")
-    _cli(cli_env, "diff", "default/payments", "1", "2")
-    _say("etcdconfig verify --all")
-    _cli(cli_env, "verify", "--all")
+    for ref in ("payments", "feature-flags"):
+        _say(f"kubectl etcdconfig history {ref}")
+        _cli(user_env, "history", ref)
+    _say("kubectl etcdconfig diff payments 1 2")
+    _cli(user_env, "diff", "payments", "1", "2")
+    _say("etcdconfig verify --all   # an admin tool: straight to etcd")
+    _cli(admin_env, "verify", "--all")
     print(f"\ndemo ready in {time.monotonic() - begin:.1f}s")
     print(try_it_yourself(state, etcd_endpoint, f"http://{metrics}/metrics"))
     return 0
+
+
+def _wait_history_api(plane: ControlPlane, timeout: float = 60.0) -> None:
+    """Until the API server reports the chart's APIService Available (it checks the
+    operator pods behind it every few seconds after they became Ready)."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        out = plane.kubectl("get", "apiservice", HISTORY_APISERVICE, "-o", "json", check=False)
+        if out.returncode == 0:
+            conditions = json.loads(out.stdout).get("status", {}).get("conditions", [])
+            available: dict[str, Any] = next(
+                (c for c in conditions if c["type"] == "Available"), {}
+            )
+            if available.get("status") == "True":
+                return
+            last = available.get("message", "")
+        time.sleep(0.5)  # poll interval of a deadline-bounded wait
+    raise DemoError(f"the history API did not become available in {timeout:g}s: {last}")
 
 
 def try_it_yourself(state: Path, etcd_endpoint: str, metrics_url: str) -> str:
@@ -225,12 +250,14 @@ def try_it_yourself(state: Path, etcd_endpoint: str, metrics_url: str) -> str:
     return (
         "\nTry it yourself:\n"
         f'  eval "$(.venv/bin/python -m etcdconfig.devenv{where} env)"\n'
-        f"  export ETCDCONFIG_ETCD_ENDPOINTS={etcd_endpoint} ETCDCONFIG_ETCD_PREFIX={PREFIX}\n"
         "  kubectl get pods,cfg -A               # the operator's pods, the Configs\n"
         "  kubectl get cfg -o wide               # version, readiness and why, generations\n"
         "  kubectl edit cfg payments             # change data, watch a new version appear\n"
-        "  .venv/bin/etcdconfig history default/payments\n"
-        "  .venv/bin/etcdconfig rollback default/payments --to 1\n"
+        "  kubectl get configversions            # every version, through the Kubernetes API\n"
+        "  kubectl etcdconfig history payments   # the plugin: a kubeconfig is all it needs\n"
+        "  kubectl etcdconfig rollback payments --to 1\n"
+        "  # admins only, straight to the store: etcdconfig verify --all, locks, members\n"
+        f"  export ETCDCONFIG_ETCD_ENDPOINTS={etcd_endpoint} ETCDCONFIG_ETCD_PREFIX={PREFIX}\n"
         f"  operator metrics: {metrics_url}\n"
         f"  {_down_hint(state):<37} # stop everything"
     )
