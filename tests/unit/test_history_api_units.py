@@ -4,9 +4,13 @@ SubjectAccessReview cache, selectors, continue tokens and Table rows."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import ssl
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from multidict import CIMultiDict
 
@@ -14,6 +18,9 @@ from etcdconfig.controller.history_api import (
     Access,
     ApiError,
     Authorizer,
+    HistoryApi,
+    HistoryApiServer,
+    HistoryStore,
     RequestHeaderConfig,
     Selection,
     User,
@@ -22,6 +29,7 @@ from etcdconfig.controller.history_api import (
     as_table,
     wants_table,
 )
+from etcdconfig.devenv.pki import CertificateAuthority
 from etcdconfig.errors import EtcdConfigError
 
 CM = {
@@ -217,3 +225,64 @@ def test_the_last_common_name_counts_as_for_kube_apiserver() -> None:
     two = {"subject": ((("commonName", "front-proxy-client"),), (("commonName", "mallory"),))}
     with pytest.raises(ApiError):
         auth.authenticate(two, CIMultiDict([("X-Remote-User", "alice")]))
+
+
+async def test_an_unreadable_front_proxy_configuration_is_a_503_not_a_crash(
+    tmp_path: Path,
+) -> None:
+    """The task keeps serving (the replica's readiness, which the webhook follows, does
+    not depend on the history API) and says why; once the ConfigMap reads, it is used."""
+    ca = CertificateAuthority.load_or_create(tmp_path, "ca")
+    ca.issue(tmp_path / "serving", common_name="h", server=True, ip_addresses=("127.0.0.1",))
+    attempts = 0
+
+    async def load_auth() -> RequestHeaderConfig:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise OSError("configmaps is forbidden")
+        return RequestHeaderConfig.from_configmap(CM)
+
+    async def never(body: dict[str, Any]) -> dict[str, Any]:
+        raise AssertionError("no review before authentication")
+
+    api = HistoryApi(HistoryStore(client=None, prefix="/p"), Authorizer(never), lambda: None)  # type: ignore[arg-type]
+    server = HistoryApiServer(
+        api,
+        addr="127.0.0.1",
+        port=0,
+        cert_file=tmp_path / "serving.crt",
+        key_file=tmp_path / "serving.key",
+        load_auth=load_auth,
+        check_interval=0.05,
+    )
+    task = asyncio.create_task(server.run())
+    try:
+        deadline = asyncio.get_running_loop().time() + 10
+        while not server.bound_port:
+            assert asyncio.get_running_loop().time() < deadline, "not serving"
+            await asyncio.sleep(0.01)  # poll interval of a deadline-bounded wait
+        context = ssl.create_default_context(cafile=str(ca.cert_path))
+        async with aiohttp.ClientSession() as session:
+            url = f"https://127.0.0.1:{server.bound_port}/apis"
+            async with session.get(url, ssl=context) as resp:
+                body = await resp.json()
+            # either still unloaded (503 naming the cause) or loaded (401: no client cert)
+            assert resp.status in (503, 401)
+            if resp.status == 503:
+                assert body["message"] == (
+                    "the front-proxy configuration (kube-system/extension-apiserver-"
+                    "authentication) cannot be read: configmaps is forbidden"
+                )
+            while server.auth is None:
+                assert asyncio.get_running_loop().time() < deadline, "never reloaded"
+                await asyncio.sleep(0.01)  # poll interval of a deadline-bounded wait
+            async with session.get(
+                url, ssl=ssl.create_default_context(cafile=str(ca.cert_path))
+            ) as resp:
+                assert resp.status == 401
+        assert not task.done()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -716,6 +716,7 @@ class HistoryApi:
         self.store = store
         self.authorizer = authorizer
         self.auth = auth
+        self.auth_error: Callable[[], str] = lambda: ""
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._errors])
@@ -760,8 +761,12 @@ class HistoryApi:
     def _user(self, request: web.Request) -> User:
         auth = self.auth()
         if auth is None:
+            why = self.auth_error() or "not loaded yet"
             raise ApiError(
-                503, "ServiceUnavailable", "the front-proxy configuration is not loaded yet"
+                503,
+                "ServiceUnavailable",
+                f"the front-proxy configuration (kube-system/extension-apiserver-"
+                f"authentication) cannot be read: {why}",
             )
         peercert = request.transport.get_extra_info("peercert") if request.transport else None
         user: User = auth.authenticate(peercert, request.headers)
@@ -1008,10 +1013,12 @@ class HistoryApiServer:
             auth_interval,
         )
         self.auth: RequestHeaderConfig | None = None
+        self.auth_error = ""  # why the front-proxy configuration is not loaded (503s say it)
         self.current: ssl.SSLContext | None = None
         self._files_digest = ""
         self.bound_port = 0
         api.auth = lambda: self.auth
+        api.auth_error = lambda: self.auth_error
         self._context()  # a pair that does not load fails the start-up
 
     def _context(self) -> ssl.SSLContext:
@@ -1032,13 +1039,32 @@ class HistoryApiServer:
             h.update(self.auth.ca_pem.encode())
         return h.hexdigest()
 
+    async def _reload_auth(self) -> None:
+        try:
+            self.auth = await self.load_auth()
+            self.auth_error = ""
+        except Exception as exc:  # the API server's errors come in many types
+            self.auth_error = str(exc) or type(exc).__name__
+            log.warning(
+                "cannot read the front-proxy configuration (kube-system/"
+                "extension-apiserver-authentication); keeping the last one",
+                extra={"error": self.auth_error, "loaded": self.auth is not None},
+            )
+
     def _select(self, conn: Any, server_name: str | None, context: ssl.SSLContext) -> None:
         if self.current is not None:
             conn.context = self.current
 
     async def run(self) -> None:
-        """Serve until cancelled (a supervised background task)."""
-        self.auth = await self.load_auth()
+        """Serve until cancelled (a supervised background task).
+
+        The front-proxy configuration is re-read every ``auth_interval`` seconds, and
+        every ``check_interval`` until it first loads: a cluster that cannot give it
+        (the ConfigMap missing, RBAC to read it missing) gets 503s that say so —
+        and an APIService the API server reports unavailable — but this task keeps
+        running, so the replica's readiness (which the admission webhook's Service
+        follows) does not depend on the history API."""
+        await self._reload_auth()
         self.current = self._context()
         self._files_digest = self._digest()
         listener = self._context()
@@ -1057,15 +1083,9 @@ class HistoryApiServer:
             next_auth = time.monotonic() + self.auth_interval
             while True:
                 await asyncio.sleep(self.check_interval)
-                if time.monotonic() >= next_auth:
+                if self.auth is None or time.monotonic() >= next_auth:
                     next_auth = time.monotonic() + self.auth_interval
-                    try:
-                        self.auth = await self.load_auth()
-                    except Exception as exc:
-                        log.warning(
-                            "cannot re-read the front-proxy configuration; keeping the last",
-                            extra={"error": str(exc)},
-                        )
+                    await self._reload_auth()
                 try:
                     digest = self._digest()
                     if digest == self._files_digest:
