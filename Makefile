@@ -74,12 +74,14 @@ bench: install
 	$(BIN)/python bench/store.py
 	$(BIN)/python bench/e2e.py
 	$(BIN)/python bench/replicas.py
+	$(BIN)/python bench/history_api.py
 
 ## bench-quick: smaller runs of every benchmark (a few minutes)
 bench-quick: install
 	$(BIN)/python bench/store.py --quick
 	$(BIN)/python bench/e2e.py --quick
 	$(BIN)/python bench/replicas.py --quick
+	$(BIN)/python bench/history_api.py --quick
 
 ## demo: a local single-node cluster, the chart installed by Helm from local images, the
 ## sample Configs and their history (needs root: a network device, iptables, cgroups)

@@ -132,13 +132,15 @@ def history_api(
         etcd_endpoint=store_etcd.endpoint,
         prefix=f"/e2e-{uuid.uuid4().hex[:8]}",
         workdir=tmp_path_factory.mktemp("history-operator"),
-        env={
-            "ETCDCONFIG_HISTORY_API_ENABLED": "true",
-            "ETCDCONFIG_HISTORY_API_ADDR": "127.0.0.1",
-            "ETCDCONFIG_HISTORY_API_PORT": str(port),
-            "ETCDCONFIG_HISTORY_API_CERT_FILE": str(certs / "serving.crt"),
-            "ETCDCONFIG_HISTORY_API_KEY_FILE": str(certs / "serving.key"),
-        },
+        extra=(
+            "--history-api",
+            "--history-api-addr=127.0.0.1",
+            f"--history-api-port={port}",
+            f"--history-api-cert-file={certs / 'serving.crt'}",
+            f"--history-api-key-file={certs / 'serving.key'}",
+        ),
+        # the chart sets the same settings as environment variables (one, to prove them)
+        env={"ETCDCONFIG_HISTORY_API_AUTHZ_TTL": "10"},
     )
     op.start()
     api = HistoryApi(

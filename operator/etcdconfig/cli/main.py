@@ -135,6 +135,12 @@ def _settings(args: argparse.Namespace) -> Settings:
         "acquire_timeout",
         "hold_timeout",
         "etcd_wait",
+        "history_api_enabled",
+        "history_api_addr",
+        "history_api_port",
+        "history_api_cert_file",
+        "history_api_key_file",
+        "history_api_authz_ttl",
     ):
         value = getattr(args, field, None)
         if value is not None:
@@ -1012,6 +1018,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--webhook-port", dest="webhook_port", type=int)
     p.add_argument("--webhook-cert-file", dest="webhook_cert_file")
     p.add_argument("--webhook-key-file", dest="webhook_key_file")
+    p.add_argument(
+        "--history-api",
+        dest="history_api_enabled",
+        action="store_true",
+        default=None,
+        help="serve history.etcdconfig.io behind an APIService (docs/history-api.md)",
+    )
+    p.add_argument("--history-api-addr", dest="history_api_addr")
+    p.add_argument("--history-api-port", dest="history_api_port", type=int)
+    p.add_argument("--history-api-cert-file", dest="history_api_cert_file")
+    p.add_argument("--history-api-key-file", dest="history_api_key_file")
+    p.add_argument(
+        "--history-api-authz-ttl",
+        dest="history_api_authz_ttl",
+        type=float,
+        help="seconds a SubjectAccessReview answer is reused (default 10)",
+    )
     p.add_argument("--log-format", dest="log_format", choices=("json", "text"))
     p.add_argument("--log-level", dest="log_level", choices=("debug", "info", "warning", "error"))
 
