@@ -66,6 +66,11 @@ def crd() -> dict[str, Any]:
         cond.pop("description", None)
     status["properties"]["conditions"]["x-kubernetes-list-type"] = "map"
     status["properties"]["conditions"]["x-kubernetes-list-map-keys"] = ["type"]
+    # a Config the operator has not observed yet reads as observedGeneration 0 (the API
+    # server defaults on every read): kstatus — so Flux's health checks — says InProgress
+    # until the operator wrote a status, where no status at all would read as Current
+    status["default"] = {}
+    status["properties"]["observedGeneration"]["default"] = 0
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",

@@ -374,8 +374,15 @@ def status_integrity(
         msg = format_issues([ValidationIssue("store", p) for p in problems])
         b.set("Intact", False, "IntegrityViolation", msg)
         b.set("Ready", False, "IntegrityViolation", msg)
+        # only a person helps (`etcdconfig verify`, repair): stalled, as kstatus and the
+        # GitOps tools read it (Failed / Degraded), not in progress forever
+        b.set("Reconciling", False, "IntegrityViolation", "")
+        b.set("Stalled", True, "IntegrityViolation", "run `etcdconfig verify` and repair the store")
     else:
         b.set("Intact", True, "Verified", "every stored version and the checksum chain verified")
+        stalled = b.conditions.get("Stalled")
+        if stalled and stalled.get("reason") == "IntegrityViolation":
+            b.set("Stalled", False, "Verified", "")
         ready = b.conditions.get("Ready")
         published = b.conditions.get("Published")
         if ready and ready.get("reason") == "IntegrityViolation":

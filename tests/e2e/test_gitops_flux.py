@@ -183,11 +183,6 @@ def test_deleting_from_git_prunes_and_history_stays(
     assert marker_cm.stdout.strip() == "configmap/fleet-marker"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14, kstatus (1): a Config without status is Current to kstatus, so "
-    "Flux's health check passes before (or without) the operator recording it",
-)
 def test_health_check_waits_for_the_operator(
     control_plane: ControlPlane,
     namespace: str,
@@ -204,7 +199,10 @@ def test_health_check_waits_for_the_operator(
             "add payments",
         )
         with pytest.raises(AssertionError, match="timed out"):
-            fleet.wait_applied(sha2, timeout=15.0)  # today: Ready at once, status absent
+            # a Config without status reads as observedGeneration 0 (the CRD's default):
+            # kstatus says InProgress, so the Kustomization is not Ready (it was at once
+            # before: no status at all is Current to kstatus)
+            fleet.wait_applied(sha2, timeout=15.0)
     finally:
         gitops_operator.resume_if_paused()
     fleet.wait_applied(sha2)

@@ -204,11 +204,11 @@ async def test_argocd_and_kstatus_on_every_stage(
         "status": "Progressing",
         "message": "Waiting for the etcdconfig operator to observe the Config",
     }
-    if (obj.get("status") or {}).get("observedGeneration") is None:
-        # kstatus's gap: no observedGeneration and no conditions read as done.
-        assert ks["status"] == "Current" and ks["message"] == "Resource is current"
-    else:  # a CRD default such as observedGeneration: -1 closes it
-        assert ks["status"] == "InProgress"
+    # the CRD defaults status.observedGeneration to 0: kstatus says InProgress (with no
+    # status at all it would say Current, "Resource is current": a Flux health check
+    # would pass before the operator recorded anything)
+    assert obj["status"] == {"observedGeneration": 0}
+    assert ks["status"] == "InProgress"
 
     # 2. Recorded: Ready for the current generation.
     op.resume_if_paused()
@@ -299,14 +299,14 @@ async def test_argocd_and_kstatus_on_every_stage(
     obj = keep("degraded_integrityViolation", wait_until(violated, 60, "Intact=False"))
     intact = condition(obj, "Intact")
     assert intact is not None and "v1: checksum-mismatch" in intact["message"]
+    # Stalled (only a person can repair the store): Failed to kstatus, so a Flux health
+    # check fails at once instead of waiting for its timeout; Degraded to Argo CD
+    stalled = condition(obj, "Stalled")
+    assert stalled is not None and stalled["status"] == "True"
+    assert stalled["message"] == "run `etcdconfig verify` and repair the store"
     argo, ks = judge(obj)
-    assert argo == {"status": "Degraded", "message": intact["message"]}
-    if condition(obj, "Stalled")["status"] == "True":  # type: ignore[index]
-        assert ks["status"] == "Failed"
-    else:
-        # kstatus's reading of Ready=False without Reconciling or Stalled: still working on it,
-        # so Flux waits for its timeout where Argo CD (this check) says Degraded at once.
-        assert (ks["status"], ks["message"]) == ("InProgress", intact["message"])
+    assert argo == {"status": "Degraded", "message": stalled["message"]}
+    assert (ks["status"], ks["message"]) == ("Failed", stalled["message"])
 
 
 def test_deleting_config(

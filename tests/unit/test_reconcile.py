@@ -104,3 +104,30 @@ def test_invalid_status_is_stalled_not_ready_and_keeps_the_head() -> None:
     ) == ("False", "False", "True")
     assert by_type["Valid"]["message"] == "spec.data.a: violates minimum 1"
     assert (st["version"], st["observedGeneration"]) == (2, 3)
+
+
+def test_an_integrity_violation_found_by_the_scan_stalls_until_verified_again() -> None:
+    """kstatus reads Stalled=True as Failed (a Flux health check fails, Argo CD says
+    Degraded); Ready=False alone would be InProgress forever."""
+    from etcdconfig.reconcile import status_integrity
+
+    recorded = status_recorded(
+        2,
+        [],
+        version=2,
+        checksum="sha256:" + "a" * 64,
+        recorded_at="2026-12-07T10:00:00Z",
+        recorded_now=True,
+    )
+    broken = status_integrity(recorded, 2, ["version 1: data checksum mismatch"])
+    by_type = {c["type"]: c for c in broken["conditions"]}
+    assert (by_type["Stalled"]["status"], by_type["Stalled"]["reason"]) == (
+        "True",
+        "IntegrityViolation",
+    )
+    assert by_type["Reconciling"]["status"] == "False"
+    assert by_type["Ready"]["status"] == "False"
+    repaired = status_integrity(broken, 2, [])
+    by_type = {c["type"]: c for c in repaired["conditions"]}
+    assert (by_type["Stalled"]["status"], by_type["Stalled"]["reason"]) == ("False", "Verified")
+    assert by_type["Ready"]["status"] == "True"

@@ -8,7 +8,9 @@ local hs = {}
 hs.status = "Progressing"
 hs.message = "Waiting for the etcdconfig operator to observe the Config"
 
-if obj.status == nil or obj.status.observedGeneration == nil then
+-- observedGeneration 0 is the CRD's default: the operator has written no status yet
+if obj.status == nil or obj.status.observedGeneration == nil
+    or obj.status.observedGeneration == 0 then
   return hs
 end
 
