@@ -166,6 +166,7 @@ def test_zsh_completion_is_the_bash_one_through_bashcompinit(
 class _Plane:
     state_dir = Path("/state")
     etcd_endpoint = "127.0.0.1:23790"
+    node = False
 
     def env(self) -> dict[str, str]:
         return {
@@ -185,6 +186,18 @@ def test_dev_env_exports_the_cli_endpoint_and_this_environments_scripts(
     scripts = str(Path(sys.executable).parent)  # etcdconfig, kubectl-etcdconfig
     assert env["PATH"].split(os.pathsep) == ["/state/bin", scripts, "/usr/bin", "/bin"]
     assert (Path(scripts) / "kubectl-etcdconfig").exists()
+
+
+def test_dev_env_with_a_node_leaves_the_cli_on_the_kubeconfig(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a node the store is the chart's etcd: the CLI reads the history API."""
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    plane = _Plane()
+    plane.node = True
+    env = devcli._shell_env(plane)  # type: ignore[arg-type]
+    assert "ETCDCONFIG_ETCD_ENDPOINTS" not in env
+    assert env["KUBECONFIG"] == "/state/kubeconfig"
 
 
 # --- logs -------------------------------------------------------------------------------------

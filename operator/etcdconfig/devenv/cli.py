@@ -85,8 +85,8 @@ def build_parser(prog: str = "python -m etcdconfig.devenv") -> argparse.Argument
     status.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser(
         "env",
-        help="print shell exports (KUBECONFIG, PATH with kubectl, helm and etcdconfig, "
-        "ETCDCONFIG_ETCD_ENDPOINTS)",
+        help="print shell exports (KUBECONFIG, PATH with kubectl, helm and etcdconfig; "
+        "ETCDCONFIG_ETCD_ENDPOINTS with --no-node)",
     )
     user = sub.add_parser("user", help="write a kubeconfig for a non-admin user")
     user.add_argument("name")
@@ -97,14 +97,18 @@ def build_parser(prog: str = "python -m etcdconfig.devenv") -> argparse.Argument
 def _shell_env(plane: ControlPlane) -> dict[str, str]:
     """What ``env`` exports: the cluster's KUBECONFIG; PATH with kubectl and helm and this
     Python environment's scripts (``etcdconfig``, and ``kubectl-etcdconfig`` so that
-    ``kubectl etcdconfig`` resolves); and ETCDCONFIG_ETCD_ENDPOINTS, which the
-    ``etcdconfig`` CLI reads (the demo's operator keeps its store in this etcd)."""
+    ``kubectl etcdconfig`` resolves); and, in the process-only mode (``--no-node``), where
+    an operator run by hand keeps its store in the control plane's etcd,
+    ETCDCONFIG_ETCD_ENDPOINTS for the ``etcdconfig`` CLI. With a node the store is the
+    chart's etcd, and the CLI reads the history API with the kubeconfig: an endpoint here
+    would send it to the wrong etcd."""
     env = plane.env()
     scripts = str(Path(sys.executable).parent)
     path = [str(plane.state_dir / "bin"), scripts]
     rest = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p not in path]
     env["PATH"] = os.pathsep.join([*path, *rest])
-    env["ETCDCONFIG_ETCD_ENDPOINTS"] = plane.etcd_endpoint
+    if not plane.node:
+        env["ETCDCONFIG_ETCD_ENDPOINTS"] = plane.etcd_endpoint
     return env
 
 
