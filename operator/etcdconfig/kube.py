@@ -20,6 +20,7 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from etcdconfig import __version__
 from etcdconfig.errors import EtcdConfigError
 from etcdconfig.models import GROUP, KIND, PLURAL, VERSION
 
@@ -79,9 +80,15 @@ def _default_kubeconfig_exists() -> bool:
 
 
 async def load_api_client(
-    kubeconfig: str | None = None, context: str | None = None
+    kubeconfig: str | None = None, context: str | None = None, *, agent: str = "etcdconfig"
 ) -> k8s.ApiClient:
-    """kubeconfig (explicit, $KUBECONFIG, ~/.kube/config) or the in-cluster service account."""
+    """kubeconfig (explicit, $KUBECONFIG, ~/.kube/config) or the in-cluster service account.
+
+    Requests carry ``User-Agent: <agent>/<version>``: the API server names the field
+    manager of an update without ``fieldManager`` after the agent (the part before the
+    ``/``), so what this client writes shows as ``etcdconfig`` in ``managedFields``, not
+    as the generated client's default ``OpenAPI-Generator``.
+    """
     cfg = k8s.Configuration()
     path = kubeconfig or os.environ.get("KUBECONFIG")
     if path or _default_kubeconfig_exists():
@@ -90,7 +97,9 @@ async def load_api_client(
         )
     else:
         k8s_config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-    return k8s.ApiClient(configuration=cfg)
+    api = k8s.ApiClient(configuration=cfg)
+    api.user_agent = f"{agent}/{__version__}"
+    return api
 
 
 class Kube:

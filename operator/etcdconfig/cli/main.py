@@ -69,6 +69,7 @@ from etcdconfig.store.integrity import describe, load_record
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from etcdconfig.gitops import Management
     from etcdconfig.store.records import Incarnation
 
 __all__ = ["EXIT_ERROR", "EXIT_INTEGRITY", "EXIT_NOT_FOUND", "EXIT_USAGE", "Exit", "main"]
@@ -771,18 +772,31 @@ def rollback_manifest(
     return out
 
 
+def gitops_refusal(ref: str, version: int, managed: Management) -> str:
+    """Why a live rollback of a Config that a GitOps tool applies is refused, and the
+    way that lasts (the ``--print`` path)."""
+    return (
+        f"Config {ref} is managed by {managed.describe()}: {managed.tool} would revert a "
+        f"live rollback at its next sync, recording Git's data again as a new version. "
+        f"Roll back in Git instead: etcdconfig rollback {ref} --to {version} --print > "
+        f"<file in the repository>, then commit and push; --force rolls back live anyway "
+        f"(e.g. with the {managed.tool} sync suspended)"
+    )
+
+
 def cmd_rollback(args: argparse.Namespace) -> int:
     ns, name = _ref(args.config, args)
     kubeconfig, context = _kube_target(args)
     dry_run = args.dry_run if args.dry_run != "none" else None
 
     async def go(source: _Source) -> int:
+        from etcdconfig.gitops import management
         from etcdconfig.kube import JSON_PATCH, Kube, _explain, load_api_client
         from etcdconfig.validation import Validator
 
         # verified before anything else: a tampered record must never become a new version
         target, _ = await source.verified(ns, name, args.to)
-        kube = Kube(await load_api_client(kubeconfig, context))
+        kube = Kube(await load_api_client(kubeconfig, context, agent="etcdconfig-cli"))
         try:
             obj = await kube.get_config(ns, name)
             if obj is None:
@@ -807,6 +821,13 @@ def cmd_rollback(args: argparse.Namespace) -> int:
                 fmt = args.output if structured(args.output) else "yaml"
                 emit(manifest, fmt, command="rollback --print")
                 return 0
+            managed = management(obj)
+            if managed is not None:
+                refusal = gitops_refusal(f"{ns}/{name}", args.to, managed)
+                if not dry_run and not args.force:
+                    raise Exit(EXIT_ERROR, refusal)
+                if dry_run and not args.force:
+                    sys.stderr.write(f"warning: {refusal}\n")
             current = (obj.get("spec") or {}).get("data")
             # one JSON patch: data replaced whole (a merge patch would keep removed keys),
             # guarded by resourceVersion so a concurrent change is never overwritten
@@ -1081,6 +1102,12 @@ def build_parser() -> argparse.ArgumentParser:
         "send it to the API server as a dry run (admission checks it), persist nothing",
     )
     mode.add_argument("--print", action="store_true", help="print the manifest to commit (GitOps)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="roll back live even when a GitOps tool (Flux, Argo CD) applies the Config "
+        "and would revert it at its next sync (refused without it)",
+    )
 
     p = command(
         "validate",

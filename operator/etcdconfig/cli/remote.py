@@ -431,7 +431,7 @@ async def connect(kubeconfig: str | None, context: str | None) -> HistoryApi:
     from etcdconfig.kube import load_api_client
 
     try:
-        api = await load_api_client(kubeconfig, context)
+        api = await load_api_client(kubeconfig, context, agent="etcdconfig-cli")
     except ConfigException as exc:
         if not kubeconfig and not os.environ.get("KUBECONFIG"):
             raise HistoryApiError(NO_KUBECONFIG) from exc
