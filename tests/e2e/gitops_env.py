@@ -9,7 +9,9 @@ Fixtures (module scope: one set per test module):
 - ``flux``: :class:`~etcdconfig.devenv.flux.Flux`, both controllers running (built from
   Go modules on first use, cached under ``~/.cache/etcdconfig``) and their CRDs applied.
 - ``gitops_operator``: an :class:`~tests.e2e.operator_env.OperatorProcess` with its own
-  etcd prefix (no webhook: authors are recorded from the field manager).
+  etcd prefix, serving the admission webhook; the webhook is registered only for the
+  namespaces a test asks for with ``admission(namespace)`` (elsewhere authors are
+  recorded from the field manager).
 
 :class:`FleetRepo` ties one repository to one GitRepository + Kustomization in a
 namespace and waits on their conditions with deadlines.
@@ -17,22 +19,31 @@ namespace and waits on their conditions with deadlines.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from tests.e2e.operator_env import BIN, OperatorProcess, wait_until
+from tests.e2e.operator_env import (
+    BIN,
+    OperatorProcess,
+    install_webhook,
+    make_webhook_certs,
+    wait_until,
+)
 
 from etcdconfig.devenv.controlplane import ControlPlane
 from etcdconfig.devenv.etcd import EtcdServer
 from etcdconfig.devenv.flux import Flux, FluxError, git_repository, kustomization, ready_condition
 from etcdconfig.devenv.gitserver import GitRepository, GitServer
+from etcdconfig.etcd import EtcdClient, EtcdSettings
+from etcdconfig.store import VersionedStore
 
 FLUX_START_TIMEOUT = 120.0
 
@@ -67,11 +78,14 @@ def gitops_operator(
     crd: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
+    work = tmp_path_factory.mktemp("gitops-operator")
     op = OperatorProcess(
         plane=control_plane,
         etcd_endpoint=store_etcd.endpoint,
         prefix=f"/e2e-gitops-{uuid.uuid4().hex[:8]}",
-        workdir=tmp_path_factory.mktemp("gitops-operator"),
+        workdir=work / "op",
+        replica_id="gitops-op",
+        webhook=make_webhook_certs(work / "pki"),
     )
     op.start()
     try:
@@ -81,8 +95,33 @@ def gitops_operator(
         op.stop()
 
 
-def etcdconfig_cli(op: OperatorProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
+@pytest.fixture
+def admission(
+    control_plane: ControlPlane, gitops_operator: OperatorProcess
+) -> Iterator[Callable[[str], None]]:
+    """``admission(namespace)``: the operator's webhook validates Configs there (a
+    ValidatingWebhookConfiguration of its own, removed after the test)."""
+    names: list[str] = []
+
+    def register(namespace: str) -> None:
+        assert gitops_operator.webhook is not None
+        name = f"etcdconfig-gitops-{namespace}"
+        install_webhook(
+            control_plane, name, gitops_operator.webhook_port, gitops_operator.webhook, [namespace]
+        )
+        names.append(name)
+
+    yield register
+    for name in names:
+        control_plane.kubectl(
+            "delete", "validatingwebhookconfiguration", name, "--ignore-not-found"
+        )
+
+
+def etcdconfig_run(op: OperatorProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    """``etcdconfig ARGS`` on the admin path (the operator's etcd prefix), as a user with
+    the control plane's kubeconfig; whatever it exits with."""
+    return subprocess.run(
         [
             str(BIN / "etcdconfig"),
             *args,
@@ -97,6 +136,10 @@ def etcdconfig_cli(op: OperatorProcess, *args: str) -> subprocess.CompletedProce
         timeout=60,
         check=False,
     )
+
+
+def etcdconfig_cli(op: OperatorProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    proc = etcdconfig_run(op, *args)
     if proc.returncode != 0:
         raise AssertionError(f"etcdconfig {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
     return proc
@@ -105,6 +148,23 @@ def etcdconfig_cli(op: OperatorProcess, *args: str) -> subprocess.CompletedProce
 def history(op: OperatorProcess, namespace: str, name: str) -> dict[str, Any]:
     out = etcdconfig_cli(op, "history", f"{namespace}/{name}", "-o", "json")
     return dict(json.loads(out.stdout))
+
+
+def records(op: OperatorProcess, namespace: str, name: str) -> list[dict[str, Any]]:
+    """Every stored version record of ``namespace/name`` (data included), newest first,
+    read from the operator's etcd prefix directly."""
+
+    async def read() -> list[dict[str, Any]]:
+        client = EtcdClient(EtcdSettings(endpoints=[op.etcd_endpoint]))
+        try:
+            found, _ = await VersionedStore(client, prefix=op.prefix).history(
+                namespace, name, limit=1000
+            )
+            return [dict(r.raw) for r in found]
+        finally:
+            await client.close()
+
+    return asyncio.run(read())
 
 
 def to_yaml(*docs: dict[str, Any]) -> str:
@@ -166,6 +226,41 @@ class FleetRepo:
             raise AssertionError(
                 f"{exc}\nKustomization status: {json.dumps(self.status(), indent=1)}\n"
                 + "\n".join(f"--- {n}\n{t}" for n, t in self.flux.logs().items())
+            ) from None
+
+    def reconcile(self, timeout: float = 60.0) -> dict[str, Any]:
+        """One more reconcile of the Kustomization, as ``flux reconcile kustomization``
+        (without ``--with-source``): wait until it has handled the request and is Ready."""
+        stamp = self.flux.reconcile_now("kustomization", self.namespace, self.name)
+
+        def handled() -> dict[str, Any] | None:
+            obj = self.kustomization()
+            st = (obj or {}).get("status") or {}
+            cond = ready_condition(obj)
+            if st.get("lastHandledReconcileAt") != stamp or cond is None:
+                return None
+            return obj if cond.get("status") == "True" else None
+
+        return dict(wait_until(handled, timeout, f"Kustomization {self.name} reconciled"))
+
+    def wait_failed(self, sha: str, timeout: float = 90.0) -> dict[str, Any]:
+        """Wait until the Kustomization's last attempt was at ``sha`` and it is not
+        Ready; return its Ready condition."""
+        want = self.revision(sha)
+
+        def check() -> dict[str, Any] | None:
+            obj = self.kustomization()
+            cond = ready_condition(obj)
+            st = (obj or {}).get("status") or {}
+            if cond is None or st.get("lastAttemptedRevision") != want:
+                return None
+            return cond if cond.get("status") == "False" else None
+
+        try:
+            return dict(wait_until(check, timeout, f"Kustomization {self.name} failed at {want}"))
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{exc}\nKustomization status: {json.dumps(self.status(), indent=1)}"
             ) from None
 
     def status(self) -> dict[str, Any]:

@@ -230,6 +230,39 @@ class Flux:
         )
         return stamp
 
+    def suspend(self, kind: str, namespace: str, name: str, suspended: bool = True) -> None:
+        """What ``flux suspend``/``flux resume`` do: set ``spec.suspend``."""
+        self.plane.kubectl(
+            "patch",
+            kind,
+            name,
+            "-n",
+            namespace,
+            "--type=merge",
+            "-p",
+            json.dumps({"spec": {"suspend": suspended}}),
+        )
+
+    def applied(self, namespace: str, name: str) -> list[dict[str, str]]:
+        """What kustomize-controller's server-side applies of Kustomization
+        ``namespace/name`` did, oldest first, from its log: one ``{"Kind/ns/name":
+        "created" | "configured" | "unchanged" | …}`` per apply that changed something
+        (an apply that changes nothing is not logged)."""
+        out = []
+        proc = self.processes.get("kustomize-controller")
+        for line in (proc.log_text() if proc else "").splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if (
+                entry.get("msg") == "server-side apply completed"
+                and entry.get("namespace") == namespace
+                and entry.get("name") == name
+            ):
+                out.append(dict(entry.get("output") or {}))
+        return out
+
 
 def git_repository(
     name: str, namespace: str, url: str, branch: str = "main", interval: str = "5s"
