@@ -54,7 +54,7 @@ from etcdconfig.kube import Kube, load_api_client
 from etcdconfig.models import FINALIZER
 from etcdconfig.store import VersionedStore
 
-CONFIGS = 8  # per test: each replica owns some (all on one: odds 2 in 2**8)
+CONFIGS = 8  # per batch; batches are added until the replica a test needs owns some
 NO_RESYNC = 600  # seconds: no periodic resync round during a test (membership changes only)
 FAST = 10.0  # seconds for something kopf does on an event (each takes well under one)
 
@@ -80,6 +80,23 @@ def list_configs(plane: ControlPlane, namespace: str) -> dict[str, dict[str, Any
 def create(plane: ControlPlane, namespace: str, names: list[str], tag: str = "a") -> None:
     items = [config_manifest(n, namespace, {"name": n, "tag": tag}) for n in names]
     apply(plane, {"apiVersion": "v1", "kind": "List", "items": items})
+
+
+def create_owned_by(
+    plane: ControlPlane, namespace: str, ops: list[OperatorProcess], prefix: str, replica: str
+) -> list[str]:
+    """Create batches of ``CONFIGS`` Configs ``<prefix>-<i>`` until ``replica`` owns at
+    least one of them (uids are random: a single batch all on the other replica has odds
+    2 in 2**8); return every name created."""
+    names: list[str] = []
+    while len(names) < 8 * CONFIGS:
+        batch = [f"{prefix}-{i}" for i in range(len(names), len(names) + CONFIGS)]
+        create(plane, namespace, batch)
+        names += batch
+        objs = list_configs(plane, namespace)
+        if any(owner_of(ops, objs[n]["metadata"]["uid"]) == replica for n in names):
+            return names
+    raise AssertionError(f"{replica} owns none of {len(names)} Configs: is the hash one-sided?")
 
 
 def recorded_at(obj: dict[str, Any], version: int) -> bool:
@@ -208,8 +225,7 @@ async def test_a_recorded_config_replaced_while_its_owner_is_frozen_keeps_its_fi
     # on, so the set-up also passes on a release with the old creation delay
     ops = start(2, lock_ttl=60, resync=3)
     frozen, alive = ops
-    names = [f"rep-{i}" for i in range(CONFIGS)]
-    create(control_plane, namespace, names)
+    names = create_owned_by(control_plane, namespace, ops, "rep", frozen.replica_id)
     objs = wait_recorded(control_plane, namespace, names, 1, 30)
     mine = [n for n in names if owner_of(ops, objs[n]["metadata"]["uid"]) == frozen.replica_id]
     assert mine, "no Config owned by the replica to freeze"
@@ -270,8 +286,7 @@ async def test_configs_created_and_deleted_while_their_owner_is_frozen_leave_no_
     ops = start(2, lock_ttl=ttl)
     frozen, survivor = ops
     frozen.pause()
-    names = [f"gone-{i}" for i in range(CONFIGS)]
-    create(control_plane, namespace, names)
+    names = create_owned_by(control_plane, namespace, ops, "gone", frozen.replica_id)
     objs = list_configs(control_plane, namespace)
     first = {n: objs[n]["metadata"]["uid"] for n in names}
     theirs = [n for n in names if owner_of(ops, first[n]) == frozen.replica_id]
@@ -376,10 +391,8 @@ async def test_namespace_deletion_with_a_frozen_owner_records_every_recorded_del
     deletion of every recorded one (it is not their owner); the namespace goes away."""
     ops = start(2, lock_ttl=300, resync=3)  # the frozen owner's lease outlives the test
     frozen, alive = ops
-    names = [f"ns-{i}" for i in range(CONFIGS)]
-    create(control_plane, namespace, names)
+    names = create_owned_by(control_plane, namespace, ops, "ns", frozen.replica_id)
     objs = wait_recorded(control_plane, namespace, names, 1, 30)
-    assert any(owner_of(ops, o["metadata"]["uid"]) == frozen.replica_id for o in objs.values())
     frozen.pause()
     late = [f"late-{i}" for i in range(CONFIGS)]
     create(control_plane, namespace, late)
