@@ -6,14 +6,16 @@ The same :func:`main` backs ``etcdconfig dev ...`` (pass ``prog``).
              kube-apiserver + kube-controller-manager + kube-scheduler and a node
              (containerd, kubelet, kube-proxy, CoreDNS; needs root), wait until the
              node is Ready; ``--no-node``: the control plane alone, on loopback (no
-             pods run; what most tests use, for speed). If that fails, stop what it
-             started and say why in one line, naming the log to read
+             pods run; what most tests use, for speed); ``--gitops``: also Flux and a
+             Git repository it applies (:mod:`etcdconfig.devenv.gitops`). If that
+             fails, stop what it started and say why in one line, naming the log
     down     remove every pod, stop every process ``up`` started (by PID; SIGTERM,
              then SIGKILL), including what a failed or interrupted ``up`` left
              running, and undo every host change (network device, routes, iptables
              rules, sysctls, cgroups, mounts, paths; see etcdconfig.devenv.network)
     status   what runs, where the logs are, memory, leftovers; exit 1 if not ready
     env      shell exports: ``eval "$(python -m etcdconfig.devenv env)"``
+    gitops-sync  after ``up --gitops``: make Flux fetch its repository now
     user     make a non-admin user's kubeconfig: ``user alice --group dev``
 
 State (certificates, kubeconfig, logs, PIDs) lives in ``.dev/`` at the repository
@@ -34,6 +36,8 @@ from typing import TYPE_CHECKING, NoReturn
 
 from etcdconfig.devenv.build import BuildError
 from etcdconfig.devenv.controlplane import STOP_GRACE, ControlPlane, ControlPlaneError
+from etcdconfig.devenv.flux import FluxError
+from etcdconfig.devenv.gitserver import GitServerError
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -72,6 +76,12 @@ def build_parser(prog: str = "python -m etcdconfig.devenv") -> argparse.Argument
         action="store_true",
         help="kube-apiserver dials Service endpoints itself (webhooks work without kube-proxy)",
     )
+    up.add_argument(
+        "--gitops",
+        action="store_true",
+        help="also run Flux (source- and kustomize-controller, built from Go modules) and a "
+        "Git server on loopback with a repository Flux applies (docs/gitops.md)",
+    )
     down = sub.add_parser("down", help="stop the processes `up` started")
     for cmd in (up, down):
         cmd.add_argument(
@@ -87,6 +97,10 @@ def build_parser(prog: str = "python -m etcdconfig.devenv") -> argparse.Argument
         "env",
         help="print shell exports (KUBECONFIG, PATH with kubectl, helm and etcdconfig; "
         "ETCDCONFIG_ETCD_ENDPOINTS with --no-node)",
+    )
+    sub.add_parser(
+        "gitops-sync",
+        help="make Flux fetch the `up --gitops` repository now (as `flux reconcile source git`)",
     )
     user = sub.add_parser("user", help="write a kubeconfig for a non-admin user")
     user.add_argument("name")
@@ -147,6 +161,20 @@ def _up(plane: ControlPlane, args: argparse.Namespace, prog: str) -> None:
         if previous is not None:  # None: set outside Python, which cannot restore it
             signal.signal(signal.SIGTERM, previous)
     print(f"control plane ready in {time.monotonic() - begin:.1f}s")
+    if args.gitops:
+        from etcdconfig.devenv import gitops
+
+        try:
+            started = gitops.start(plane, timeout=args.timeout)
+        except BaseException:
+            plane.stop(grace=args.grace)
+            raise
+        print(f"gitops      Flux applies {started['url']} (./deploy) every 30s")
+        print(f"            commit and `git push` in {started['work']}, then `{prog} gitops-sync`")
+        if plane.node:
+            print("            the Configs are recorded once the operator runs: `make demo`")
+        else:
+            print("            the Configs are recorded once an operator runs: `etcdconfig run`")
     _print_status(plane.status())
     print(f'use it: eval "$({prog} --dir {plane.state_dir} env)"')
 
@@ -194,9 +222,14 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m etcdconfig.dev
         elif args.command == "env":
             for key, value in _shell_env(plane).items():
                 print(f"export {key}={shlex.quote(value)}")
+        elif args.command == "gitops-sync":
+            from etcdconfig.devenv import gitops
+
+            gitops.sync(plane)
+            print(f"requested: Flux fetches {gitops.NAMESPACE}/{gitops.NAME} now")
         elif args.command == "user":
             print(plane.add_user(args.name, args.group))
-    except (ControlPlaneError, BuildError) as exc:
+    except (ControlPlaneError, BuildError, FluxError, GitServerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -788,6 +788,15 @@ class ControlPlane:
         self._state.setdefault("stopped", []).append(stopped)
         self._save()
 
+    def spawn(
+        self, name: str, exe: Path, args: Sequence[str], env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start a process that belongs to this cluster (e.g. ``dev up --gitops``'s Flux):
+        recorded in ``state.json``, logged to ``<log_dir>/<name>.log``, listed by
+        ``status`` and stopped by ``stop()`` (newest first, before the control plane)."""
+        self._spawn(name, exe, args, env)
+        return self._children[self.processes[-1].pid]
+
     def _spawn(
         self, name: str, exe: Path, args: Sequence[str], env: Mapping[str, str] | None = None
     ) -> None:

@@ -29,9 +29,14 @@ from etcdconfig.devenv import build
 from etcdconfig.devenv.etcd import free_port
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
     from pathlib import Path
 
     from etcdconfig.devenv.controlplane import ControlPlane
+
+    #: starts ``(name, binary, args, env)`` and returns the process (default: a child
+    #: of this process, logging to ``<state_dir>/<name>.log``)
+    Launcher = Callable[[str, Path, Sequence[str], Mapping[str, str]], subprocess.Popen[bytes]]
 
 SOURCE_API = "source.toolkit.fluxcd.io/v1"
 KUSTOMIZE_API = "kustomize.toolkit.fluxcd.io/v1"
@@ -53,7 +58,10 @@ class FluxProcess:
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, launcher: Launcher | None = None) -> None:
+        if launcher is not None:
+            self.proc = launcher(self.name, self.binary, self.args, self.env)
+            return
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -104,6 +112,7 @@ class Flux:
     plane: ControlPlane
     state_dir: Path
     log_level: str = "debug"
+    log_dir: Path | None = None  # default: state_dir (a launcher must log there too)
     processes: dict[str, FluxProcess] = field(default_factory=dict)
     crd_dirs: dict[str, Path] = field(default_factory=dict)
 
@@ -153,9 +162,10 @@ class Flux:
             "--log-encoding=json",
         ]
 
-    def start(self, timeout: float = 60.0) -> None:
-        """Build (or find cached) the controllers, install the CRDs, start both and wait
-        until each answers ``/readyz``."""
+    def start(self, timeout: float = 60.0, launcher: Launcher | None = None) -> None:
+        """Build (or find cached) the controllers, install the CRDs, start both (through
+        ``launcher`` if given: ``dev up --gitops`` records them with the cluster's
+        processes) and wait until each answers ``/readyz``."""
         built = build.ensure_flux()
         self.crd_dirs = {name: crds for name, (_, crds) in built.items()}
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -173,7 +183,7 @@ class Flux:
                 f"--storage-addr=127.0.0.1:{storage_port}",
                 f"--storage-adv-addr=127.0.0.1:{storage_port}",
             ],
-            self.state_dir / "source-controller.log",
+            (self.log_dir or self.state_dir) / "source-controller.log",
             health,
             env,
         )
@@ -182,13 +192,13 @@ class Flux:
             "kustomize-controller",
             built["kustomize-controller"][0],
             [*self._common_args(free_port(), health), "--no-remote-bases=true"],
-            self.state_dir / "kustomize-controller.log",
+            (self.log_dir or self.state_dir) / "kustomize-controller.log",
             health,
             env,
         )
         try:
             for proc in self.processes.values():
-                proc.start()
+                proc.start(launcher)
             deadline = time.monotonic() + timeout
             for proc in self.processes.values():
                 while not proc.ready():
@@ -198,7 +208,8 @@ class Flux:
                         )
                     time.sleep(0.2)  # poll interval of the deadline-bounded wait above
         except BaseException:
-            self.stop()
+            if launcher is None:  # a launcher's owner stops what it launched
+                self.stop()
             raise
 
     def stop(self, grace: float = 10.0) -> None:

@@ -201,6 +201,7 @@ class GitServer:
 
     state_dir: Path
     host: str = "127.0.0.1"
+    port_wanted: int = 0  # 0: any free port
     _httpd: http.server.ThreadingHTTPServer | None = field(default=None, init=False)
     _thread: threading.Thread | None = field(default=None, init=False)
 
@@ -226,7 +227,7 @@ class GitServer:
         self.root.mkdir(parents=True, exist_ok=True)
         self.work_root.mkdir(parents=True, exist_ok=True)
         handler = _handler(self.root, http_backend())
-        self._httpd = http.server.ThreadingHTTPServer((self.host, 0), handler)
+        self._httpd = http.server.ThreadingHTTPServer((self.host, self.port_wanted), handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, name="git-http", daemon=True
@@ -261,3 +262,27 @@ class GitServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m etcdconfig.devenv.gitserver STATE_DIR --port P``: serve until SIGTERM
+    (``dev up --gitops`` runs it as one of the cluster's processes)."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(prog="python -m etcdconfig.devenv.gitserver")
+    parser.add_argument("state_dir", type=Path)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    wanted = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, wanted)  # before any thread: all inherit it
+    server = GitServer(args.state_dir, port_wanted=args.port)
+    server.start()
+    print(f"serving {server.root}/*.git on {server.url}", flush=True)
+    signal.sigwait(wanted)
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
