@@ -46,10 +46,10 @@ def state_dir(plane: ControlPlane) -> Path:
     return plane.state_dir / "gitops"
 
 
-def _seed() -> dict[str, str]:
+def _seed() -> dict[str, str | None]:
     """The repository's first commit: the demo namespace and the sample Config in it."""
     ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": DEMO_NAMESPACE}}
-    files = {"deploy/namespace.yaml": yaml.safe_dump(ns, sort_keys=False)}
+    files: dict[str, str | None] = {"deploy/namespace.yaml": yaml.safe_dump(ns, sort_keys=False)}
     sample = EXAMPLES / "payments.yaml"
     if sample.is_file():
         config = yaml.safe_load(sample.read_text())
