@@ -297,6 +297,53 @@ class Kube:
             raise _explain(exc, f"patch ConfigMap {namespace}/{name}") from exc
         return True
 
+    async def delete_config_map(
+        self, namespace: str, name: str, *, uid: str, resource_version: str
+    ) -> bool:
+        """Delete the ConfigMap only if it is still the object that was read (its uid and
+        ``resource_version``): False (nothing deleted) if it changed or went away."""
+        body = k8s.V1DeleteOptions(
+            preconditions=k8s.V1Preconditions(uid=uid, resource_version=resource_version)
+        )
+        try:
+            await self.core.delete_namespaced_config_map(name, namespace, body=body)
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                return False
+            raise _explain(exc, f"delete ConfigMap {namespace}/{name}") from exc
+        return True
+
+    async def list_namespaced(
+        self, group_version: str, plural: str, namespace: str, label_selector: str = ""
+    ) -> list[dict[str, Any]]:
+        """Every object of a namespaced collection (``v1``/``apps/v1``…, ``pods``…) as its
+        JSON form, read in pages of 500."""
+        base = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
+        path = f"{base}/namespaces/{namespace}/{plural}"
+        items: list[dict[str, Any]] = []
+        cont = ""
+        while True:
+            query: list[tuple[str, Any]] = [("limit", 500)]
+            if label_selector:
+                query.append(("labelSelector", label_selector))
+            if cont:
+                query.append(("continue", cont))
+            try:
+                page = await self.api.call_api(
+                    path,
+                    "GET",
+                    query_params=query,
+                    response_types_map={200: "object"},
+                    auth_settings=["BearerToken"],
+                    _return_http_data_only=True,
+                )
+            except ApiException as exc:
+                raise _explain(exc, f"list {plural} in {namespace}") from exc
+            items.extend((page or {}).get("items") or [])
+            cont = ((page or {}).get("metadata") or {}).get("continue") or ""
+            if not cont:
+                return items
+
     def event_soon(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
         """Post an Event in the background: a reconcile never waits on it."""
         task = asyncio.create_task(self.event(obj, type_, reason, message))

@@ -91,6 +91,11 @@ RESYNC_ERRORS = Counter(
     ["stage", "error"],
     registry=REGISTRY,
 )
+VERSIONED_CONFIGMAPS_DELETED = Counter(
+    "etcdconfig_versioned_configmaps_deleted_total",
+    "Versioned ConfigMaps (<name>-v<N>) deleted because nothing referred to them any more "
+    "and they were beyond the newest `keep`.",
+)
 PUBLISH_REPAIRS = Counter(
     "etcdconfig_publish_repairs_total",
     "Published ConfigMaps found changed under the operator (the key no longer holds the "

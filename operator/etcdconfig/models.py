@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 GROUP = "etcdconfig.io"
 VERSION = "v1alpha1"
@@ -64,6 +64,32 @@ class ConfigMapTarget(_Strict):
         "text, objects and arrays as JSON), for envFrom; every top-level field name must be "
         "a valid ConfigMap key. Default: json.",
     )
+    versioned: bool = Field(
+        default=False,
+        description="Also publish every recorded version N as an immutable ConfigMap "
+        "<name>-v<N> (labels etcdconfig.io/config and etcdconfig.io/version, annotation "
+        "etcdconfig.io/checksum), which pods can be pinned to. One is deleted only when no "
+        "Pod, ReplicaSet, ControllerRevision or workload template refers to it (by name, or "
+        "by an etcdconfig.io/version.<config> pod-template annotation) and it is not among "
+        "the newest `keep`. Default: false.",
+    )
+    keep: int = Field(
+        default=3,
+        ge=1,
+        le=1000,
+        description="With versioned: how many of the newest versioned ConfigMaps are kept "
+        "even when nothing refers to them (older ones go once unreferenced). Default: 3.",
+    )
+
+    @model_validator(mode="after")
+    def _versioned_name_fits(self) -> ConfigMapTarget:
+        # <name>-v<N> is a ConfigMap name too: room for "-v" and a version of 10 digits
+        if self.versioned and len(self.name) > 241:
+            raise ValueError(
+                f"name is {len(self.name)} characters; with versioned: true it may have at "
+                "most 241 (the versioned ConfigMaps are named <name>-v<N>)"
+            )
+        return self
 
 
 class Publish(_Strict):

@@ -135,6 +135,10 @@ async def publish(
                 "to publish; retrying",
                 stalled=False,
             )
+        if refusal is None and target.versioned:
+            from etcdconfig.controller import versioned
+
+            refusal = await versioned.ensure(rt, body, target, head)
     except KubeError as exc:
         refusal = Refusal("KubernetesAPIError", f"{exc}; retrying", stalled=False)
     except (CorruptRecord, UnsupportedFormat) as exc:
