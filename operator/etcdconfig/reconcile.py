@@ -159,15 +159,20 @@ def _cause_is_new(
     return bool(origin and origin.get("kind") == "rollback" and origin != previous_origin)
 
 
-def origin_of(meta: dict[str, Any], data_checksum: str) -> dict[str, Any]:
-    """``rollback`` when the rollback annotation names exactly this data, else ``apply``.
+def origin_of(
+    meta: dict[str, Any], data_checksum: str, head_checksum: str | None = None
+) -> dict[str, Any]:
+    """``rollback`` when the rollback annotation names exactly this data and the data
+    changed from the head's (``head_checksum``), else ``apply``.
 
     ``etcdconfig rollback`` writes the annotation together with the data; a later
-    apply that changes the data no longer matches its checksum, so a stale
-    annotation never mislabels a change.
+    apply that changes the data no longer matches its checksum, and a later change
+    that leaves the data as it is (the schema, the history settings; a manifest
+    committed from ``rollback --print`` keeps the annotation in Git) does not roll
+    anything back: so a stale annotation never mislabels a change.
     """
     raw = (meta.get("annotations") or {}).get(ROLLBACK_ANNOTATION)
-    if raw:
+    if raw and data_checksum != head_checksum:
         try:
             note = json.loads(raw)
             if note.get("checksum") == data_checksum and isinstance(note.get("fromVersion"), int):
@@ -257,10 +262,34 @@ def status_recorded(
         b.set("Published", True, "Published", f"version {version} is in ConfigMap {published_to}")
     b.keep("Intact", (True, "ReadBackVerified", "the head record was read back and verified"))
     if b.conditions["Intact"]["status"] == "False":
-        b.set("Ready", False, "IntegrityViolation", b.conditions["Intact"]["message"])
-    b.set("Reconciling", False, "Recorded", "")
-    b.set("Stalled", False, "Recorded", "")
+        _integrity_stall(b)
+    else:
+        b.set("Reconciling", False, "Recorded", "")
+        b.set("Stalled", False, "Recorded", "")
     return b.build(**head_fields(version, checksum, recorded_at))
+
+
+INTEGRITY_STALLED = "run `etcdconfig verify` and repair the store"
+
+
+def _integrity_stall(b: StatusBuilder) -> None:
+    """Intact is False (a stored version failed verification): not ready and stalled —
+    only a person helps — until a scan verifies the store again, whatever else the
+    reconcile found (kstatus reads Stalled as Failed, the GitOps tools as Degraded)."""
+    b.set("Ready", False, "IntegrityViolation", b.conditions["Intact"]["message"])
+    b.set("Reconciling", False, "IntegrityViolation", "")
+    b.set("Stalled", True, "IntegrityViolation", INTEGRITY_STALLED)
+
+
+def with_intact(
+    previous: list[dict[str, Any]], intact: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    """``previous`` conditions with ``Intact`` replaced by ``intact`` (this replica's
+    last integrity-scan verdict), so a status built from a body read before the scan
+    carries the scan's verdict instead of erasing it."""
+    if intact is None:
+        return previous
+    return [*(c for c in previous if c.get("type") != "Intact"), intact]
 
 
 def status_not_published(
@@ -289,6 +318,9 @@ def status_not_published(
         b.set("Intact", False, reason, message)
     else:
         b.keep("Intact", (True, "ReadBackVerified", "the head record was read back and verified"))
+    if b.conditions["Intact"]["status"] == "False" and reason != "IntegrityViolation":
+        _integrity_stall(b)
+        return b.build(**head_fields(version, checksum, recorded_at))
     if b.conditions["Intact"]["status"] == "False":
         b.set("Ready", False, "IntegrityViolation", b.conditions["Intact"]["message"])
     else:
@@ -377,7 +409,7 @@ def status_integrity(
         # only a person helps (`etcdconfig verify`, repair): stalled, as kstatus and the
         # GitOps tools read it (Failed / Degraded), not in progress forever
         b.set("Reconciling", False, "IntegrityViolation", "")
-        b.set("Stalled", True, "IntegrityViolation", "run `etcdconfig verify` and repair the store")
+        b.set("Stalled", True, "IntegrityViolation", INTEGRITY_STALLED)
     else:
         b.set("Intact", True, "Verified", "every stored version and the checksum chain verified")
         stalled = b.conditions.get("Stalled")

@@ -110,6 +110,7 @@ class FakeStore:
 class FakeRuntime:
     def __init__(self, kube: FakeKube, store: FakeStore) -> None:
         self.kube, self.store = kube, store
+        self.intact: dict[str, dict[str, Any]] = {}
 
 
 def body(fmt: str = "json", uid: str = UID) -> dict[str, Any]:

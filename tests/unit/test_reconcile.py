@@ -76,6 +76,9 @@ def test_rollback_origin_only_for_exactly_the_rolled_back_data() -> None:
     assert origin_of({"annotations": {"etcdconfig.io/rollback": "garbage"}}, "sha256:aa") == {
         "kind": "apply"
     }
+    # the data is the head's already (a schema-only change under a stale annotation)
+    assert origin_of(meta, "sha256:aa", "sha256:aa") == {"kind": "apply"}
+    assert origin_of(meta, "sha256:aa", "sha256:cc") == {"kind": "rollback", "fromVersion": 4}
 
 
 def test_conditions_keep_transition_time_while_status_is_unchanged() -> None:

@@ -178,7 +178,15 @@ class Resync:
     async def verify_one(self, obj: dict[str, Any]) -> None:
         assert self.rt.store is not None
         meta = obj["metadata"]
-        ns, name = meta["namespace"], meta["name"]
+        ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        # the object as it is before the verification: the verdict's status is patched
+        # only onto that version of it (a newer status — a reconcile that found a
+        # corrupt head after this scan had verified — is never overwritten by a stale
+        # clean verdict)
+        fresh = await self.rt.kube.get_config(ns, name)
+        if fresh is None:
+            self.rt.intact.pop(uid, None)
+            return
         try:
             problems = await self.rt.store.verify(ns, name)
         except EtcdConfigError as exc:
@@ -186,30 +194,45 @@ class Resync:
                 "integrity scan failed", extra={"config": f"{ns}/{name}", "error": str(exc)}
             )
             return
-        # the listed copy may be stale (and this round's reconcile may have patched it)
-        fresh = await self.rt.kube.get_config(ns, name)
-        if fresh is None:
-            return
-        obj, meta = fresh, fresh["metadata"]
-        current = obj.get("status") or {}
-        was = next((c for c in current.get("conditions") or [] if c.get("type") == "Intact"), None)
         if problems:
             metrics.INTEGRITY_VIOLATIONS.inc(len(problems))
             log.error(
                 "integrity violation", extra={"config": f"{ns}/{name}", "problems": len(problems)}
             )
-            if not was or was.get("status") != "False":
-                await self.rt.kube.event(
-                    obj, "Warning", "IntegrityViolation", "; ".join(str(p) for p in problems)[:1000]
-                )
-        status = status_integrity(
-            current, int(meta.get("generation") or 1), [str(p) for p in problems]
-        )
-        metrics.set_config_state(ns, name, status)
-        if status_differs(current, status):
-            await self.rt.kube.patch_status(
-                ns, name, status, resource_version=meta.get("resourceVersion")
+        for attempt in range(3):
+            current = fresh.get("status") or {}
+            was = next(
+                (c for c in current.get("conditions") or [] if c.get("type") == "Intact"), None
             )
+            if problems and attempt == 0 and (not was or was.get("status") != "False"):
+                await self.rt.kube.event(
+                    fresh,
+                    "Warning",
+                    "IntegrityViolation",
+                    "; ".join(str(p) for p in problems)[:1000],
+                )
+            fmeta = fresh["metadata"]
+            status = status_integrity(
+                current, int(fmeta.get("generation") or 1), [str(p) for p in problems]
+            )
+            metrics.set_config_state(ns, name, status)
+            intact = next(c for c in status["conditions"] if c["type"] == "Intact")
+            if problems:
+                # a violation holds whatever was written meanwhile: every later status
+                # of this replica carries it until a scan verifies the store again
+                self.rt.intact[uid] = intact
+            if not status_differs(current, status) or await self.rt.kube.patch_status(
+                ns, name, status, resource_version=fmeta.get("resourceVersion")
+            ):
+                if not problems:
+                    self.rt.intact[uid] = intact
+                return
+            if not problems:
+                return  # the status changed since the read: a clean verdict is stale
+            fresh = await self.rt.kube.get_config(ns, name)
+            if fresh is None:
+                self.rt.intact.pop(uid, None)
+                return
 
 
 def _observed(obj: dict[str, Any]) -> bool:

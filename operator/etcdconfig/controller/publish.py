@@ -59,7 +59,7 @@ from etcdconfig.errors import (
 )
 from etcdconfig.kube import KubeError
 from etcdconfig.models import GROUP, KIND, VERSION
-from etcdconfig.reconcile import status_not_published
+from etcdconfig.reconcile import status_not_published, with_intact
 
 if TYPE_CHECKING:
     from etcdconfig.controller.runtime import Runtime
@@ -435,7 +435,9 @@ async def _refused(
     meta = body["metadata"]
     uid = meta["uid"]
     generation = int(meta.get("generation") or 1)
-    previous = list((body.get("status") or {}).get("conditions") or [])
+    previous = with_intact(
+        list((body.get("status") or {}).get("conditions") or []), rt.intact.get(uid)
+    )
     extra = {
         "config": f"{meta['namespace']}/{meta['name']}",
         "configMap": f"{meta['namespace']}/{target.name}",

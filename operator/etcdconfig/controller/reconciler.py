@@ -36,6 +36,7 @@ from etcdconfig.reconcile import (
     status_pending,
     status_recorded,
     validate_spec,
+    with_intact,
 )
 from etcdconfig.store import ChangeRequest, CommitResult, Head
 
@@ -126,7 +127,7 @@ class Reconciler:
             published_to = await self._publish(body, spec, mine, delay)
             return status_recorded(
                 generation,
-                previous,
+                with_intact(previous, rt.intact.get(uid)),
                 version=mine.version,
                 checksum=mine.checksum,
                 recorded_at=mine.recorded_at,
@@ -135,7 +136,7 @@ class Reconciler:
             )
 
         data_checksum = checksum(spec.data)
-        origin = origin_of(meta, data_checksum)
+        origin = origin_of(meta, data_checksum, mine.checksum if mine is not None else None)
         try:
             note = await self._note(body, generation)
             change = ChangeRequest(
@@ -192,7 +193,7 @@ class Reconciler:
         published_to = await self._publish(body, spec, result.head, delay)
         return status_recorded(
             generation,
-            previous,
+            with_intact(previous, rt.intact.get(uid)),
             version=result.version,
             checksum=result.checksum,
             recorded_at=result.head.recorded_at,

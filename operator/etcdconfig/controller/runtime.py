@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from etcdconfig import metrics
 from etcdconfig.concurrency import ConfigLocks, Session
@@ -42,6 +42,10 @@ class Runtime:
     _loss_counted: Session | None = field(default=None, repr=False)
     # set when stop() begins: a replica that is leaving reports no status (the new owner does)
     stopping: bool = False
+    # Config uid -> the Intact condition of this replica's last integrity scan of it: every
+    # status built afterwards carries it (reconcile.with_intact), so a handler whose body
+    # was read before the scan cannot erase a violation the scan found
+    intact: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     async def start(self) -> None:
         s = self.settings
