@@ -31,7 +31,12 @@ JSON_PATCH = "application/json-patch+json"
 
 
 class KubeError(EtcdConfigError):
-    """The Kubernetes API refused or could not be reached; the message says which."""
+    """The Kubernetes API refused or could not be reached; the message says which.
+    ``status``: the API server's HTTP status, when it answered."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 # the API server's RBAC refusal: `… is forbidden: User "alice" cannot patch resource
@@ -57,6 +62,12 @@ def _status_message(exc: ApiException) -> str:
 
 
 def _explain(exc: ApiException, what: str) -> KubeError:
+    err = _explained(exc, what)
+    err.status = exc.status
+    return err
+
+
+def _explained(exc: ApiException, what: str) -> KubeError:
     if exc.status == 403:
         m = _FORBIDDEN.search(_status_message(exc))
         if m is None:

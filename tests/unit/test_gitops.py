@@ -74,17 +74,49 @@ def test_argo_annotation_tracking_names_the_application() -> None:
     )
 
 
-def test_argo_label_tracking_but_not_a_plain_helm_release() -> None:
-    argo = config(labels={"app.kubernetes.io/instance": "payments-app"})
-    assert management(argo) == Management(
-        "Argo CD", "Application payments-app", ("label app.kubernetes.io/instance=payments-app",)
+def test_argo_label_tracking_needs_argo_cds_field_manager_beside_the_label() -> None:
+    argo = config(
+        labels={"app.kubernetes.io/instance": "payments-app"},
+        managers=[("argocd-controller", "", {"f:metadata": {"f:labels": {}}})],
     )
+    assert management(argo) == Management(
+        "Argo CD",
+        "Application payments-app",
+        ("label app.kubernetes.io/instance=payments-app", "field manager argocd-controller"),
+    )
+    # the recommended label alone: Kustomize, Helm charts and people set it too
+    assert management(config(labels={"app.kubernetes.io/instance": "payments-app"})) is None
     # `helm install` sets the same label, and the release annotations Argo CD never does
     helm = config(
         labels={"app.kubernetes.io/instance": "cfg", "app.kubernetes.io/managed-by": "Helm"},
         annotations={"meta.helm.sh/release-name": "cfg", "meta.helm.sh/release-namespace": "ops"},
     )
     assert management(helm) is None
+
+
+def test_any_argo_cd_label_or_annotation_counts() -> None:
+    obj = config(labels={"argocd.argoproj.io/instance": "payments-app"})
+    assert management(obj) == Management(
+        "Argo CD",
+        "Application payments-app",
+        ("label argocd.argoproj.io/instance=payments-app",),
+    )
+
+
+@pytest.mark.parametrize(
+    "mark",
+    [
+        {"kustomize.toolkit.fluxcd.io/reconcile": "disabled"},
+        {"kustomize.toolkit.fluxcd.io/ssa": "IfNotPresent"},
+    ],
+)
+def test_flux_opt_outs_are_not_managed(mark: dict[str, str]) -> None:
+    obj = config(
+        labels={"kustomize.toolkit.fluxcd.io/name": "apps"},
+        annotations=mark,
+        managers=[("kustomize-controller", "", SPEC)],
+    )
+    assert management(obj) is None
 
 
 @pytest.mark.parametrize(
@@ -100,15 +132,23 @@ def test_a_field_manager_owning_spec_is_enough(manager: str, tool: str, owner: s
     assert management(obj) == Management(tool, owner, (f"field manager {manager}",))
 
 
-def test_managers_that_do_not_own_spec_do_not_count() -> None:
+def test_flux_managers_that_do_not_own_spec_do_not_count() -> None:
     obj = config(
         managers=[
-            ("argocd-controller", "", {"f:metadata": {"f:labels": {}}}),
+            ("kustomize-controller", "", {"f:metadata": {"f:labels": {}}}),
             ("kustomize-controller", "status", {"f:status": {}, "f:spec": {}}),
             ("kubectl-client-side-apply", "", SPEC),
         ]
     )
     assert management(obj) is None
+
+
+def test_argo_cds_manager_counts_even_on_metadata_only() -> None:
+    # Argo CD adopting an object with client-side apply owns only what it changed
+    obj = config(managers=[("argocd-controller", "", {"f:metadata": {"f:labels": {}}})])
+    assert management(obj) == Management(
+        "Argo CD", "an Application", ("field manager argocd-controller",)
+    )
 
 
 def test_an_unmanaged_config() -> None:

@@ -784,6 +784,78 @@ def gitops_refusal(ref: str, version: int, managed: Management) -> str:
     )
 
 
+def _holds_data(obj: dict[str, Any], data: Any) -> bool:
+    """Whether the Config's ``spec.data`` already is ``data`` (by canonical checksum)."""
+    current = (obj.get("spec") or {}).get("data")
+    try:
+        return isinstance(current, dict) and checksum(current) == checksum(data)
+    except EtcdConfigError:  # no canonical form: certainly not a recorded version's data
+        return False
+
+
+def _rollback_ops(
+    obj: dict[str, Any], annotations: dict[str, str], data: Any
+) -> list[dict[str, Any]]:
+    """One JSON patch: data replaced whole (a merge patch would keep removed keys),
+    guarded by resourceVersion so a concurrent change is never overwritten."""
+    version = obj["metadata"]["resourceVersion"]
+    ops: list[dict[str, Any]] = [
+        {"op": "test", "path": "/metadata/resourceVersion", "value": version}
+    ]
+    if not obj["metadata"].get("annotations"):
+        ops.append({"op": "add", "path": "/metadata/annotations", "value": {}})
+    for key, value in annotations.items():
+        path = "/metadata/annotations/" + key.replace("/", "~1")
+        ops.append({"op": "add", "path": path, "value": value})
+    ops.append({"op": "replace", "path": "/spec/data", "value": data})
+    return ops
+
+
+ROLLBACK_ATTEMPTS = 5  # re-reads when only status (or other fields we leave) changed
+
+
+async def _patch_unless_changed(
+    kube: Any, obj: dict[str, Any], annotations: dict[str, str], data: Any
+) -> dict[str, Any]:
+    """Patch ``obj`` as read. A failed resourceVersion test is read again: when what the
+    rollback read or sets — generation (spec), labels, annotations — is unchanged (the
+    operator wrote status, say), the patch is made again on the new resourceVersion;
+    otherwise nothing is changed and the user is told to run the rollback again."""
+    from etcdconfig.kube import JSON_PATCH, KubeError
+
+    meta = obj["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    seen = (meta.get("generation"), meta.get("labels"), meta.get("annotations"))
+    for _ in range(ROLLBACK_ATTEMPTS):
+        try:
+            return dict(
+                await kube.patch_config(
+                    ns, name, _rollback_ops(obj, annotations, data), content_type=JSON_PATCH
+                )
+            )
+        except KubeError as exc:
+            if exc.status not in (409, 422):
+                raise
+        fresh = await kube.get_config(ns, name)
+        if fresh is None:
+            raise Exit(EXIT_NOT_FOUND, f"Config {ns}/{name} was deleted meanwhile")
+        fmeta = fresh["metadata"]
+        if (fmeta.get("generation"), fmeta.get("labels"), fmeta.get("annotations")) != seen:
+            raise Exit(
+                EXIT_ERROR,
+                f"Config {ns}/{name} changed since it was read (resourceVersion "
+                f"{meta.get('resourceVersion')}, now {fmeta.get('resourceVersion')}; generation "
+                f"{meta.get('generation')}, now {fmeta.get('generation')}): nothing was changed, "
+                "run the rollback again",
+            )
+        obj = fresh
+    raise Exit(
+        EXIT_ERROR,
+        f"Config {ns}/{name} kept changing (its status) during {ROLLBACK_ATTEMPTS} attempts: "
+        "nothing was changed, run the rollback again",
+    )
+
+
 def cmd_rollback(args: argparse.Namespace) -> int:
     ns, name = _ref(args.config, args)
     kubeconfig, context = _kube_target(args)
@@ -816,10 +888,24 @@ def cmd_rollback(args: argparse.Namespace) -> int:
                 CHANGE_CAUSE_ANNOTATION: f"rollback to version {target.version}",
             }
             resource = f"config.{GROUP}/{name}"  # like kubectl -o name
+            same = _holds_data(obj, target.data)
+            already = (
+                f"{ns}/{name} already holds the data of version {target.version}: "
+                "there is nothing to roll back"
+            )
             if args.print:
+                if same:  # the manifest is still printed: Git may lag behind the cluster
+                    sys.stderr.write(f"note: {already}\n")
                 manifest = rollback_manifest(obj, target.data, annotations)
                 fmt = args.output if structured(args.output) else "yaml"
                 emit(manifest, fmt, command="rollback --print")
+                return 0
+            if same:  # nothing to patch: the annotations alone would record nothing and
+                # mark the next non-data change as a rollback
+                if args.output in ("table", "wide"):
+                    sys.stdout.write(already + "\n")
+                else:
+                    emit(obj, args.output, names=[resource], command="rollback")
                 return 0
             managed = management(obj)
             if managed is not None:
@@ -829,26 +915,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
                 if dry_run and not args.force:
                     sys.stderr.write(f"warning: {refusal}\n")
             current = (obj.get("spec") or {}).get("data")
-            # one JSON patch: data replaced whole (a merge patch would keep removed keys),
-            # guarded by resourceVersion so a concurrent change is never overwritten
-            ops: list[dict[str, Any]] = [
-                {
-                    "op": "test",
-                    "path": "/metadata/resourceVersion",
-                    "value": obj["metadata"]["resourceVersion"],
-                },
-            ]
-            if not obj["metadata"].get("annotations"):
-                ops.append({"op": "add", "path": "/metadata/annotations", "value": {}})
-            for key, value in annotations.items():
-                ops.append(
-                    {
-                        "op": "add",
-                        "path": "/metadata/annotations/" + key.replace("/", "~1"),
-                        "value": value,
-                    }
-                )
-            ops.append({"op": "replace", "path": "/spec/data", "value": target.data})
+            ops = _rollback_ops(obj, annotations, target.data)
             if dry_run == "server":
                 try:
                     after = dict(
@@ -877,7 +944,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
                 }
                 after["spec"] = {**(obj.get("spec") or {}), "data": target.data}
             else:
-                after = await kube.patch_config(ns, name, ops, content_type=JSON_PATCH)
+                after = await _patch_unless_changed(kube, obj, annotations, target.data)
             if dry_run and args.output in ("table", "wide"):
                 left = yaml.safe_dump(current, sort_keys=True).splitlines(keepends=True)
                 right = yaml.safe_dump(target.data, sort_keys=True).splitlines(keepends=True)
