@@ -91,10 +91,19 @@ RESYNC_ERRORS = Counter(
     ["stage", "error"],
     registry=REGISTRY,
 )
+POD_PINS = Counter(
+    "etcdconfig_pod_pins_total",
+    "References of new pods to a pinned Config's ConfigMap, by result: pinned (rewritten "
+    "to the version's immutable ConfigMap) or skipped (left on the plain ConfigMap: no "
+    "such Config, not versioned, the version not in the store, etcd unreachable).",
+    ["result"],
+    registry=REGISTRY,
+)
 VERSIONED_CONFIGMAPS_DELETED = Counter(
     "etcdconfig_versioned_configmaps_deleted_total",
     "Versioned ConfigMaps (<name>-v<N>) deleted because nothing referred to them any more "
     "and they were beyond the newest `keep`.",
+    registry=REGISTRY,
 )
 PUBLISH_REPAIRS = Counter(
     "etcdconfig_publish_repairs_total",

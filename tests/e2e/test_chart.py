@@ -162,6 +162,7 @@ def test_default_install_renders_the_operator_with_its_safety_settings(tmp_path:
         "ClusterRoleBinding",
         "CustomResourceDefinition",
         "Deployment",
+        "MutatingWebhookConfiguration",
         "PodDisruptionBudget",
         "RoleBinding",
         "Secret",
@@ -227,6 +228,26 @@ def test_webhook_is_on_by_default_fail_closed_for_configs_only(tmp_path: Path) -
     assert sorted(secrets) == ["ec-etcdconfig-history-api-tls", "ec-etcdconfig-webhook-tls"]
     secret = secrets["ec-etcdconfig-webhook-tls"]
     assert hook["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
+    # the pod webhook: pinned pods only, fail open, the same certificate
+    (mwc,) = by_kind(docs, "MutatingWebhookConfiguration")
+    (pin,) = mwc["webhooks"]
+    assert (pin["failurePolicy"], pin["timeoutSeconds"], pin["sideEffects"]) == (
+        "Ignore",
+        5,
+        "NoneOnDryRun",
+    )
+    assert pin["objectSelector"] == {"matchLabels": {"etcdconfig.io/pinned": "true"}}
+    assert pin["rules"] == [
+        {
+            "apiGroups": [""],
+            "apiVersions": ["v1"],
+            "operations": ["CREATE"],
+            "resources": ["pods"],
+            "scope": "Namespaced",
+        }
+    ]
+    assert pin["clientConfig"]["service"]["path"] == "/pin-pod"
+    assert pin["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
     ca = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["ca.crt"]))
     cert = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
     assert cert.issuer == ca.subject
@@ -485,6 +506,7 @@ def test_install_creates_every_object_and_uninstall_keeps_the_crd(
         "ClusterRoleBinding",
         "CustomResourceDefinition",
         "Deployment",
+        "MutatingWebhookConfiguration",
         "PodDisruptionBudget",
         "PodDisruptionBudget",
         "RoleBinding",
@@ -576,6 +598,17 @@ OPERATOR_NEEDS = [
     ("get", "configmaps"),
     ("create", "configmaps"),
     ("patch", "configmaps"),
+    # the versioned ConfigMaps' collection, and what it looks at first
+    ("list", "configmaps"),
+    ("delete", "configmaps"),
+    ("list", "pods"),
+    ("list", "replicasets.apps"),
+    ("list", "controllerrevisions.apps"),
+    ("list", "deployments.apps"),
+    ("list", "statefulsets.apps"),
+    ("list", "daemonsets.apps"),
+    ("list", "jobs.batch"),
+    ("list", "cronjobs.batch"),
     ("create", "events"),
 ]
 OPERATOR_MUST_NOT = [
@@ -583,12 +616,13 @@ OPERATOR_MUST_NOT = [
     ("update", "configs.etcdconfig.io"),
     ("delete", "configs.etcdconfig.io"),
     ("update", "configs.etcdconfig.io/status"),
-    ("list", "configmaps"),
     ("update", "configmaps"),
-    ("delete", "configmaps"),
     ("get", "secrets"),
     ("list", "secrets"),
     ("create", "pods"),
+    ("get", "pods"),
+    ("watch", "pods"),
+    ("patch", "replicasets.apps"),
     ("delete", "events"),
     ("create", "leases.coordination.k8s.io"),
     ("escalate", "clusterroles.rbac.authorization.k8s.io"),

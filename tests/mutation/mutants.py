@@ -42,6 +42,15 @@ T_HISTORY_UNITS = "tests/unit/test_history_api_units.py"
 T_ADV_HISTORY = "tests/e2e/test_adversarial_history_api.py"
 T_STARTUP = "tests/e2e/test_startup.py"
 T_ETCD_SECURITY = "tests/integration/test_etcd_security.py"
+RECONCILE = "operator/etcdconfig/reconcile.py"
+GITOPS = "operator/etcdconfig/gitops.py"
+CLI_MAIN = "operator/etcdconfig/cli/main.py"
+VERSIONED = "operator/etcdconfig/controller/versioned.py"
+T_INTEGRITY_STATUS = "tests/integration/test_adversarial_integrity_status.py"
+T_RECONCILE = "tests/unit/test_reconcile.py"
+T_ADV_GITOPS = "tests/e2e/test_adversarial_gitops.py"
+T_GITOPS_UNITS = "tests/unit/test_gitops.py"
+T_VERSIONED = "tests/e2e/test_versioned_configmaps.py"
 
 # lines of the commit's and the deletion's compares (indented where used)
 FENCE = "*self.fencing_compares(mutex),\n"
@@ -598,6 +607,131 @@ MUTANTS: tuple[Mutant, ...] = (
         original="        if version > newest:\n",
         replacement="        if False:\n",
         tests=(f"{T_ADV_HISTORY}::test_a_version_key_above_the_head_is_refused",),
+        timeout=300.0,
+    ),
+    Mutant(
+        id="M42",
+        file=RECONCILE,
+        guard="an integrity violation found by the scan does not stall the Config",
+        original='        b.set("Stalled", True, "IntegrityViolation", INTEGRITY_STALLED)\n    else:\n',
+        replacement='        b.set("Stalled", False, "IntegrityViolation", INTEGRITY_STALLED)\n    else:\n',
+        tests=(
+            f"{T_RECONCILE}::test_an_integrity_violation_found_by_the_scan_stalls_until_verified_again",
+        ),
+    ),
+    Mutant(
+        id="M43",
+        file=RECONCILE,
+        guard="a later reconcile's status un-stalls a violation that still stands",
+        original="""    b.set("Stalled", True, "IntegrityViolation", INTEGRITY_STALLED)\n\n\ndef with_intact(""",
+        replacement="""    b.set("Stalled", False, "IntegrityViolation", INTEGRITY_STALLED)\n\n\ndef with_intact(""",
+        tests=(
+            f"{T_INTEGRITY_STATUS}::test_defect_next_resync_reconcile_clears_stalled_while_the_violation_stands",
+        ),
+        timeout=300.0,
+    ),
+    Mutant(
+        id="M44",
+        file=RECONCILE,
+        guard="a status built from a body read before the scan erases its verdict",
+        original="    if intact is None:\n        return previous\n",
+        replacement="    if True:\n        return previous\n",
+        tests=(
+            f"{T_INTEGRITY_STATUS}::test_defect_kopf_status_computed_before_the_scan_erases_the_violation",
+        ),
+        timeout=300.0,
+    ),
+    Mutant(
+        id="M45",
+        file=LOOPS,
+        guard="a clean verdict computed before a newer status is patched over it",
+        original='                ns, name, status, resource_version=fmeta.get("resourceVersion")\n',
+        replacement="                ns, name, status, resource_version=None\n",
+        tests=(
+            f"{T_INTEGRITY_STATUS}::test_defect_stale_clean_scan_clears_a_violation_reported_after_it",
+        ),
+        timeout=300.0,
+    ),
+    Mutant(
+        id="M46",
+        file=RECONCILE,
+        guard="a stale rollback annotation makes a change that keeps the data a rollback",
+        original="    if raw and data_checksum != head_checksum:\n",
+        replacement="    if raw:\n",
+        tests=(f"{T_RECONCILE}::test_rollback_origin_only_for_exactly_the_rolled_back_data",),
+    ),
+    Mutant(
+        id="M47",
+        file=GITOPS,
+        guard="the recommended instance label alone is taken for Argo CD",
+        original="    if isinstance(instance, str) and argo and HELM_RELEASE not in annotations:\n",
+        replacement="    if isinstance(instance, str) and HELM_RELEASE not in annotations:\n",
+        tests=(
+            f"{T_GITOPS_UNITS}::test_argo_label_tracking_needs_argo_cds_field_manager_beside_the_label",
+        ),
+    ),
+    Mutant(
+        id="M48",
+        file=CLI_MAIN,
+        guard="a rollback whose Config changed since it was read is retried over the change",
+        original='        if (fmeta.get("generation"), fmeta.get("labels"), fmeta.get("annotations")) != seen:\n',
+        replacement="        if False:\n",
+        tests=(
+            f"{T_ADV_GITOPS}::test_defect_rollback_failing_on_a_concurrent_change_does_not_say_so",
+        ),
+        timeout=300.0,
+    ),
+    Mutant(
+        id="M49",
+        file=CLI_MAIN,
+        guard="a rollback to the data the Config holds patches the annotations alone",
+        original="            same = _holds_data(obj, target.data)\n",
+        replacement="            same = False\n",
+        tests=(
+            f"{T_ADV_GITOPS}::test_defect_rollback_to_the_current_data_claims_a_new_version_and_leaves_a_stale_mark",
+        ),
+        timeout=300.0,
+    ),
+    Mutant(
+        id="M50",
+        file=VERSIONED,
+        guard="a versioned ConfigMap something still refers to is deleted",
+        original='        if cm_meta["name"] in referenced:\n',
+        replacement="        if False:\n",
+        tests=(f"{T_VERSIONED}::test_a_versioned_configmap_stays_while_anything_refers_to_it",),
+        timeout=300.0,
+    ),
+    Mutant(
+        id="M51",
+        file=VERSIONED,
+        guard="the newest `keep` versioned ConfigMaps are not kept",
+        original="    candidates = [(v, cm) for v, cm in ours[target.keep :] if v != head.version]\n",
+        replacement="    candidates = [(v, cm) for v, cm in ours if v != head.version]\n",
+        tests=(
+            f"{T_VERSIONED}::test_each_version_is_an_immutable_configmap_and_unreferenced_old_ones_go",
+        ),
+        timeout=300.0,
+    ),
+    Mutant(
+        id="M52",
+        file="operator/etcdconfig/controller/pinning.py",
+        guard="a pod is pinned to a look-alike ConfigMap the Config did not publish",
+        original='        if publish._ownership(cm.get("metadata") or {}, obj["metadata"], "") is not None:\n',
+        replacement="        if False:\n",
+        tests=(
+            "tests/e2e/test_pinning.py::test_a_configmap_of_the_versioned_name_not_published_by_the_config_is_not_used",
+        ),
+        timeout=300.0,
+    ),
+    Mutant(
+        id="M53",
+        file="operator/etcdconfig/controller/pinning.py",
+        guard="a pin to a version the store does not hold rewrites the pod anyway",
+        original="        if not isinstance(target, tuple):\n            metrics.POD_PINS",
+        replacement="        if False:\n            metrics.POD_PINS",
+        tests=(
+            "tests/e2e/test_pinning.py::test_pods_without_the_label_or_a_valid_pin_start_unchanged",
+        ),
         timeout=300.0,
     ),
 )

@@ -14,6 +14,7 @@ import aiohttp.web
 import kopf
 
 from etcdconfig.audit import AuthorBook, note_admission
+from etcdconfig.controller import pinning
 from etcdconfig.controller.reconciler import Reconciler, RetryLater
 from etcdconfig.errors import EtcdConfigError, InvalidConfig
 from etcdconfig.models import FINALIZER, GROUP, PLURAL, VERSION
@@ -24,6 +25,7 @@ from etcdconfig.reconcile import (
     status_differs,
     validate_spec,
 )
+from etcdconfig.rollout import PINNED_LABEL
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 
 RESOURCE = (GROUP, VERSION, PLURAL)
 WEBHOOK_ID = "validate-config"
+PIN_WEBHOOK_ID = "pin-pod"
 
 
 def _backoff(retry: int) -> float:
@@ -157,6 +160,30 @@ def build_registry(runtime: Runtime, reconciler: Reconciler) -> kopf.OperatorReg
                 body=_plain_admission(body),
                 old=None if old is None else _plain_admission(old),
             )
+
+    @kopf.on.mutate(
+        "v1",
+        "pods",
+        registry=registry,
+        id=PIN_WEBHOOK_ID,
+        operation="CREATE",
+        labels={PINNED_LABEL: kopf.PRESENT},
+    )
+    async def pin_pod(body: kopf.Body, patch: kopf.Patch, dryrun: bool, **_: Any) -> None:
+        # fail open: whatever goes wrong, the pod is admitted as it came (docs/rollouts.md)
+        try:
+            changed = await pinning.pin(runtime, _plain_admission(body), dryrun=dryrun)
+        except Exception:
+            log.exception("pod webhook failed; the pod starts with the plain ConfigMap")
+            return
+        if changed is None:
+            return
+
+        def apply(pod: kopf.RawBody) -> None:
+            pod["spec"] = changed["spec"]
+            pod.setdefault("metadata", {})["annotations"] = changed["annotations"]
+
+        patch.fns.append(apply)
 
     return registry
 

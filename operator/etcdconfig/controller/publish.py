@@ -326,7 +326,12 @@ async def _verified_content(
     assert isinstance(data, dict)  # checked above
     if target.format == "flat":
         return flat_content(data, f"{ns}/{target.name}")
-    return {target.key: json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"}
+    return json_content(data, target.key)
+
+
+def json_content(data: dict[str, Any], key: str) -> dict[str, str]:
+    """Format json: the whole data as one JSON document (indented, keys sorted)."""
+    return {key: json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"}
 
 
 def flat_content(data: dict[str, Any], where: str = "") -> dict[str, str] | Refusal:

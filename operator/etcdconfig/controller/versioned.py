@@ -36,10 +36,11 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from etcdconfig import metrics
 from etcdconfig.controller import publish as mutable
+from etcdconfig.rollout import PIN_PREFIX
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -52,8 +53,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 VERSION_LABEL = "etcdconfig.io/version"
-#: the pin on a pod template (or pod): ``etcdconfig.io/version.<config>: "N"``
-PIN_PREFIX = "etcdconfig.io/version."
 
 #: (group/version, plural) of every kind whose objects may refer to a ConfigMap
 REFERRERS = (
@@ -139,7 +138,7 @@ async def ensure(
         if not isinstance(content, dict):
             return content
         if cm is None:
-            if await rt.kube.create_config_map(ns, _new(body, target, head, content)):
+            if await rt.kube.create_config_map(ns, new_config_map(body, target, head, content)):
                 created = True
                 break
             continue  # created meanwhile: read it and judge it
@@ -191,10 +190,21 @@ def _labelled(cm: dict[str, Any], head: Head) -> bool:
     )
 
 
-def _new(
-    owner: dict[str, Any], target: ConfigMapTarget, head: Head, content: dict[str, str]
+class VersionLike(Protocol):
+    """A version and its data's checksum: a Head, or what the pod webhook reads."""
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def checksum(self) -> str | None: ...
+
+
+def new_config_map(
+    owner: dict[str, Any], target: ConfigMapTarget, head: VersionLike, content: dict[str, str]
 ) -> dict[str, Any]:
-    cm = mutable._new_config_map(owner, target, head, content)
+    """The immutable ConfigMap ``<name>-v<N>`` of ``head``'s version, owned by ``owner``."""
+    cm = mutable._new_config_map(owner, target, head, content)  # type: ignore[arg-type]
     cm["metadata"]["name"] = versioned_name(target.name, head.version)
     cm["metadata"]["labels"][VERSION_LABEL] = str(head.version)
     cm["immutable"] = True

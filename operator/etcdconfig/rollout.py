@@ -1,0 +1,94 @@
+"""Pinning pods to an exact recorded version (docs/rollouts.md): the pure parts.
+
+A workload (Deployment, StatefulSet, DaemonSet) opts in by naming the Configs it
+consumes in the annotation ``etcdconfig.io/configs: payments,flags``. Its manifest keeps
+referring to each Config's plain ConfigMap (``spec.publish.configMap.name``); the
+operator sets only pod-template metadata, with its own field manager:
+
+- ``etcdconfig.io/version.<config>: "N"`` — the version this template runs;
+- the label ``etcdconfig.io/pinned: "true"`` — what the pod webhook's objectSelector
+  matches, so the webhook never sees any other pod.
+
+When a pod of such a template is created, the mutating webhook rewrites every reference
+to a pinned Config's plain ConfigMap — volumes (``configMap``, projected
+``sources[].configMap``), ``envFrom[].configMapRef``, ``env[].valueFrom.configMapKeyRef``
+of containers and init containers — into the version's immutable ConfigMap
+``<name>-v<N>`` (:mod:`etcdconfig.controller.versioned`), and records what it did in the
+pod annotation ``etcdconfig.io/pinned-to``. A pod made from an older template (an old
+ReplicaSet, ``kubectl rollout undo``) names the older version, and gets it.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any
+
+CONFIGS_ANNOTATION = "etcdconfig.io/configs"
+PIN_PREFIX = "etcdconfig.io/version."
+PINNED_LABEL = "etcdconfig.io/pinned"
+PINNED_TO_ANNOTATION = "etcdconfig.io/pinned-to"
+
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+def consumed(annotations: dict[str, Any] | None) -> list[str]:
+    """The Config names of an ``etcdconfig.io/configs`` annotation (comma-separated,
+    blanks ignored, each a DNS subdomain), in order, without duplicates."""
+    raw = str((annotations or {}).get(CONFIGS_ANNOTATION) or "")
+    out: list[str] = []
+    for part in raw.split(","):
+        name = part.strip()
+        if name and _NAME.match(name) and name not in out:
+            out.append(name)
+    return out
+
+
+def pins(annotations: dict[str, Any] | None) -> dict[str, int]:
+    """config -> version, from ``etcdconfig.io/version.<config>: "N"`` annotations (a
+    value that is no positive integer is no pin)."""
+    out: dict[str, int] = {}
+    for key, value in (annotations or {}).items():
+        if not isinstance(key, str) or not key.startswith(PIN_PREFIX):
+            continue
+        text = str(value).strip()
+        if text.isdigit() and int(text) > 0:
+            out[key[len(PIN_PREFIX) :]] = int(text)
+    return out
+
+
+def rewrite(spec: dict[str, Any], names: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
+    """A copy of the pod ``spec`` whose references to each ConfigMap in ``names`` (plain
+    name -> versioned name) name the versioned one instead; and the plain names that
+    were rewritten (each once, in ``names``' order)."""
+    out = copy.deepcopy(spec)
+    done: set[str] = set()
+
+    def swap(ref: Any) -> None:
+        if isinstance(ref, dict) and ref.get("name") in names:
+            done.add(ref["name"])
+            ref["name"] = names[ref["name"]]
+
+    for volume in out.get("volumes") or []:
+        if not isinstance(volume, dict):
+            continue
+        swap(volume.get("configMap"))
+        for source in (volume.get("projected") or {}).get("sources") or []:
+            if isinstance(source, dict):
+                swap(source.get("configMap"))
+    for kind in ("initContainers", "containers"):
+        for container in out.get(kind) or []:
+            if not isinstance(container, dict):
+                continue
+            for env_from in container.get("envFrom") or []:
+                if isinstance(env_from, dict):
+                    swap(env_from.get("configMapRef"))
+            for env in container.get("env") or []:
+                if isinstance(env, dict):
+                    swap((env.get("valueFrom") or {}).get("configMapKeyRef"))
+    return out, [n for n in names if n in done]
+
+
+def pinned_to(rewritten: dict[str, str]) -> str:
+    """The ``etcdconfig.io/pinned-to`` annotation: ``plain=versioned`` pairs, sorted."""
+    return ",".join(f"{k}={v}" for k, v in sorted(rewritten.items()))
