@@ -355,6 +355,30 @@ class Kube:
             if not cont:
                 return items
 
+    async def apply(
+        self, body: dict[str, Any], plural: str, *, field_manager: str
+    ) -> dict[str, Any]:
+        """Server-side apply of ``body`` (only the fields it names, owned by
+        ``field_manager``; conflicts forced: these fields are the manager's alone)."""
+        meta = body["metadata"]
+        group_version = body["apiVersion"]
+        base = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
+        path = f"{base}/namespaces/{meta['namespace']}/{plural}/{meta['name']}"
+        try:
+            out = await self.api.call_api(
+                path,
+                "PATCH",
+                query_params=[("fieldManager", field_manager), ("force", "true")],
+                header_params={"Content-Type": "application/apply-patch+yaml"},
+                body=body,
+                response_types_map={200: "object", 201: "object"},
+                auth_settings=["BearerToken"],
+                _return_http_data_only=True,
+            )
+        except ApiException as exc:
+            raise _explain(exc, f"apply {body['kind']} {meta['namespace']}/{meta['name']}") from exc
+        return dict(out or {})
+
     def event_soon(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
         """Post an Event in the background: a reconcile never waits on it."""
         task = asyncio.create_task(self.event(obj, type_, reason, message))

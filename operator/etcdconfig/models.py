@@ -102,6 +102,43 @@ class Publish(_Strict):
     )
 
 
+class RolloutWindow(_Strict):
+    """When rollouts may start (UTC; end before start spans midnight)."""
+
+    start: str = Field(
+        pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$",
+        description="First minute a rollout may start, HH:MM (UTC).",
+    )
+    end: str = Field(
+        pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$",
+        description="First minute rollouts are held again, HH:MM (UTC).",
+    )
+
+
+class Rollout(_Strict):
+    """How a recorded version reaches the workloads that consume this Config (those
+    annotated etcdconfig.io/configs with its name; needs publish.configMap.versioned)."""
+
+    paused: bool = Field(
+        default=False,
+        description="Start no rollout (a version recorded meanwhile rolls out once this is "
+        "false again). Default: false.",
+    )
+    debounce_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        le=3600,
+        alias="debounceSeconds",
+        description="Seconds to wait after a version is recorded before rolling it out; "
+        "versions recorded meanwhile coalesce into one rollout of the last. Default: 2.",
+    )
+    window: RolloutWindow | None = Field(
+        default=None,
+        description="Hours (UTC) in which rollouts may start; outside them rollouts are "
+        "held until the window opens. Default: any time.",
+    )
+
+
 class ConfigSpec(_Strict):
     """The desired configuration. Every accepted change of it is recorded as a new,
     immutable, checksummed version in etcd."""
@@ -129,6 +166,11 @@ class ConfigSpec(_Strict):
         default=None,
         description="Where to publish the head for consumers. Default: nowhere.",
     )
+    rollout: Rollout | None = Field(
+        default=None,
+        description="How recorded versions roll out to the workloads that consume this "
+        "Config (docs/rollouts.md). Default: at once (after 2 s), any time.",
+    )
 
 
 class Condition(_Strict):
@@ -140,6 +182,36 @@ class Condition(_Strict):
     last_transition_time: str = Field(alias="lastTransitionTime")
     reason: str
     message: str
+
+
+class RolloutTarget(_Strict):
+    """One workload that consumes the Config, as the last rollout left it."""
+
+    kind: str = Field(description="Deployment, StatefulSet or DaemonSet.")
+    name: str
+    version: int | None = Field(default=None, description="The version its template names.")
+    replicas: int | None = None
+    updated: int | None = Field(default=None, description="Replicas of the current template.")
+    ready: int | None = Field(default=None, description="Ready replicas.")
+    summary: str | None = Field(
+        default=None, description="As `kubectl get cfg -o wide` shows it: `3/3 on v7`."
+    )
+
+
+class RolloutStatus(_Strict):
+    """The rollout of the head to the workloads that consume the Config."""
+
+    version: int | None = Field(default=None, description="The version being rolled out.")
+    state: str | None = Field(
+        default=None,
+        description="Rolling (the workloads' templates name the version), Paused "
+        "(spec.rollout.paused), Held (outside spec.rollout.window), NoConsumers.",
+    )
+    message: str | None = None
+    summary: str | None = Field(
+        default=None, description="Each workload's `updated/replicas on vN`, comma-separated."
+    )
+    targets: list[RolloutTarget] = Field(default_factory=list)
 
 
 class ConfigStatus(_Strict):
@@ -162,6 +234,9 @@ class ConfigStatus(_Strict):
         default_factory=list,
         description="kstatus conditions: Ready, Valid, Recorded, Intact, Published, "
         "Reconciling, Stalled.",
+    )
+    rollout: RolloutStatus | None = Field(
+        default=None, description="The rollout to consuming workloads (docs/rollouts.md)."
     )
 
 
@@ -195,4 +270,5 @@ PRINTER_COLUMNS = [
         "priority": 1,
     },
     {"name": "Recorded", "type": "date", "jsonPath": ".status.recordedAt", "priority": 1},
+    {"name": "Rollout", "type": "string", "jsonPath": ".status.rollout.summary", "priority": 1},
 ]

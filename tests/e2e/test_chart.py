@@ -609,6 +609,10 @@ OPERATOR_NEEDS = [
     ("list", "daemonsets.apps"),
     ("list", "jobs.batch"),
     ("list", "cronjobs.batch"),
+    # rollouts: server-side apply of the consuming workloads' pod-template pin
+    ("patch", "deployments.apps"),
+    ("patch", "statefulsets.apps"),
+    ("patch", "daemonsets.apps"),
     ("create", "events"),
 ]
 OPERATOR_MUST_NOT = [
@@ -623,6 +627,8 @@ OPERATOR_MUST_NOT = [
     ("get", "pods"),
     ("watch", "pods"),
     ("patch", "replicasets.apps"),
+    ("update", "deployments.apps"),
+    ("delete", "deployments.apps"),
     ("delete", "events"),
     ("create", "leases.coordination.k8s.io"),
     ("escalate", "clusterroles.rbac.authorization.k8s.io"),

@@ -57,13 +57,16 @@ def test_schema_is_structural_and_keeps_kopf_state() -> None:
         "Age",
         "Message",
     ]
-    # `kubectl get cfg -o wide` adds the reason, the generations and the recording time
+    # `kubectl get cfg -o wide` adds the reason, the generations, the recording time and
+    # the rollout (`Deployment/web 3/3 on v7`)
     assert [c["name"] for c in columns if c.get("priority") == 1] == [
         "Reason",
         "Generation",
         "Observed",
         "Recorded",
+        "Rollout",
     ]
+    assert {c["name"]: c["jsonPath"] for c in columns}["Rollout"] == ".status.rollout.summary"
     paths = {c["name"]: c["jsonPath"] for c in columns}
     assert paths["Message"] == '.status.conditions[?(@.type=="Ready")].message'
     assert paths["Reason"] == '.status.conditions[?(@.type=="Ready")].reason'

@@ -125,6 +125,8 @@ class Reconciler:
 
         if mine is not None and mine.generation >= generation:
             published_to = await self._publish(body, spec, mine, delay)
+            if published_to is not None and rt.rollouts is not None:
+                rt.rollouts.schedule(body, spec)
             return status_recorded(
                 generation,
                 with_intact(previous, rt.intact.get(uid)),
@@ -191,6 +193,8 @@ class Reconciler:
         else:
             metrics.COMMITS.labels("already_recorded").inc()
         published_to = await self._publish(body, spec, result.head, delay)
+        if published_to is not None and rt.rollouts is not None:
+            rt.rollouts.schedule(body, spec)
         return status_recorded(
             generation,
             with_intact(previous, rt.intact.get(uid)),

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from etcdconfig import metrics
 from etcdconfig.concurrency import ConfigLocks, Session
 from etcdconfig.concurrency.membership import Membership
+from etcdconfig.controller.rollouts import Rollouts
 from etcdconfig.controller.supervisor import Supervisor
 from etcdconfig.errors import EtcdError
 from etcdconfig.store import VersionedStore
@@ -46,6 +47,8 @@ class Runtime:
     # status built afterwards carries it (reconcile.with_intact), so a handler whose body
     # was read before the scan cannot erase a violation the scan found
     intact: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the rollouts of recorded versions to consuming workloads (controller/rollouts.py)
+    rollouts: Rollouts | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -56,6 +59,7 @@ class Runtime:
             validator=self.validator,
             max_request_bytes=s.etcd_max_request_bytes,
         )
+        self.rollouts = Rollouts(self)
         self.membership = Membership(self.client, s.etcd_prefix, s.replica_id, own_watch=False)
         await self._new_session()
         self.supervisor.add("session-keeper", self._keep_session)
@@ -148,6 +152,8 @@ class Runtime:
 
     async def stop(self) -> None:
         self.stopping = True
+        if self.rollouts is not None:
+            await self.rollouts.close()
         await self.supervisor.stop()
         if self.membership is not None:
             await self.membership.leave()
