@@ -28,6 +28,11 @@ CONFIGS_ANNOTATION = "etcdconfig.io/configs"
 PIN_PREFIX = "etcdconfig.io/version."
 PINNED_LABEL = "etcdconfig.io/pinned"
 PINNED_TO_ANNOTATION = "etcdconfig.io/pinned-to"
+#: on a versioned ConfigMap: when the pod webhook last pinned a pod to it (RFC 3339); the
+#: collection leaves it alone for PIN_GRACE seconds after, and the write itself fails a
+#: collection's delete precondition in flight
+PINNED_AT_ANNOTATION = "etcdconfig.io/pinned-at"
+PIN_GRACE = 120.0
 
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
@@ -44,16 +49,26 @@ def consumed(annotations: dict[str, Any] | None) -> list[str]:
     return out
 
 
+_VERSION = re.compile(r"[1-9][0-9]{0,17}")
+
+
+def parse_pin(value: Any) -> int | None:
+    """The version a pin annotation's value names: a positive decimal integer in ASCII
+    digits, blanks around it ignored; anything else (``"²"``, ``"0"``, ``"v3"``) is no
+    pin. The one reading of a pin: the webhook pins by it, the collection keeps by it."""
+    text = str(value).strip()
+    return int(text) if _VERSION.fullmatch(text) else None
+
+
 def pins(annotations: dict[str, Any] | None) -> dict[str, int]:
-    """config -> version, from ``etcdconfig.io/version.<config>: "N"`` annotations (a
-    value that is no positive integer is no pin)."""
+    """config -> version, from ``etcdconfig.io/version.<config>: "N"`` annotations."""
     out: dict[str, int] = {}
     for key, value in (annotations or {}).items():
         if not isinstance(key, str) or not key.startswith(PIN_PREFIX):
             continue
-        text = str(value).strip()
-        if text.isdigit() and int(text) > 0:
-            out[key[len(PIN_PREFIX) :]] = int(text)
+        version = parse_pin(value)
+        if version is not None:
+            out[key[len(PIN_PREFIX) :]] = version
     return out
 
 

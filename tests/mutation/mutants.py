@@ -734,4 +734,24 @@ MUTANTS: tuple[Mutant, ...] = (
         ),
         timeout=300.0,
     ),
+    Mutant(
+        id="M54",
+        file="operator/etcdconfig/controller/pinning.py",
+        guard="a pod is pinned to a ConfigMap that does not hold the version it names",
+        original="        if not _holds(cm, version, record.checksum, content):\n",
+        replacement="        if False:\n",
+        tests=(
+            "tests/unit/test_adversarial_versioned_units.py::test_the_webhook_never_pins_to_a_configmap_that_does_not_hold_the_version",
+        ),
+    ),
+    Mutant(
+        id="M55",
+        file="operator/etcdconfig/controller/versioned.py",
+        guard="a collection whose delete lost its precondition counts the Config as clean",
+        original='            failed.append(cm_meta["name"])  # changed meanwhile (pinned?): judged next time\n',
+        replacement="            pass\n",
+        tests=(
+            "tests/unit/test_adversarial_versioned_units.py::test_a_deletion_that_lost_its_precondition_is_tried_again",
+        ),
+    ),
 )

@@ -18,6 +18,7 @@ pod). Messages name Configs, versions and ConfigMaps, never data.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -82,8 +83,9 @@ async def pin(rt: Runtime, pod: dict[str, Any], *, dryrun: bool) -> dict[str, An
 async def _versioned_target(
     rt: Runtime, ns: str, config: str, version: int, *, dryrun: bool
 ) -> tuple[str, str] | str:
-    """(plain ConfigMap, versioned ConfigMap) for the pin, the latter made to exist; or
-    why the pin cannot be honoured."""
+    """(plain ConfigMap, versioned ConfigMap) for the pin, the latter holding exactly
+    that version (made to, unless a dry run); or why the pin cannot be honoured. A dry
+    run judges as the real request would and writes nothing."""
     obj = await rt.kube.get_config(ns, config)
     if obj is None:
         return f"no Config {ns}/{config}"
@@ -94,29 +96,71 @@ async def _versioned_target(
     target = spec.publish.config_map if spec.publish else None
     if target is None or not target.versioned:
         return f"Config {ns}/{config} does not publish versioned ConfigMaps"
-    name = versioned.versioned_name(target.name, version)
-    cm = await rt.kube.read_config_map(ns, name)
-    if cm is not None:
-        if publish._ownership(cm.get("metadata") or {}, obj["metadata"], "") is not None:
-            return f"ConfigMap {ns}/{name} was not published by Config {ns}/{config}"
-        return target.name, name
-    if dryrun:
-        return target.name, name  # a dry run creates nothing
     assert rt.store is not None
     record = await rt.store.get_version(ns, config, version)  # verifies data vs checksum
     if record.uid != obj["metadata"]["uid"] or not isinstance(record.data, dict):
         return f"version {version} of {ns}/{config} belongs to another incarnation"
-    content: dict[str, str] | publish.Refusal
-    if target.format == "flat":
-        content = publish.flat_content(record.data, f"{ns}/{name}")
-    else:
-        content = publish.json_content(record.data, target.key)
-    if not isinstance(content, dict):
-        return content.message
-    body = versioned.new_config_map(obj, target, _Version(version, record.checksum), content)
-    if await rt.kube.create_config_map(ns, body):
-        log.info(
-            "versioned ConfigMap created again for a pod pinned to it",
-            extra={"config": f"{ns}/{config}", "configMap": f"{ns}/{name}", "version": version},
+    name = versioned.versioned_name(target.name, version)
+    content = _content(record.data, target, f"{ns}/{name}")
+    if isinstance(content, str):
+        return content
+    for _ in range(publish.ATTEMPTS):
+        cm = await rt.kube.read_config_map(ns, name)
+        if cm is None:
+            if dryrun:
+                return target.name, name  # it would be published again
+            body = versioned.new_config_map(
+                obj, target, _Version(version, record.checksum), content
+            )
+            body["metadata"]["annotations"][rollout.PINNED_AT_ANNOTATION] = _now()
+            if await rt.kube.create_config_map(ns, body):
+                log.info(
+                    "versioned ConfigMap published again for a pod pinned to it",
+                    extra={"config": f"{ns}/{config}", "configMap": f"{ns}/{name}",
+                           "version": version},
+                )  # fmt: skip
+                return target.name, name
+            continue  # created meanwhile: judge it
+        cm_meta = cm.get("metadata") or {}
+        if publish._ownership(cm_meta, obj["metadata"], "") is not None:
+            return f"ConfigMap {ns}/{name} was not published by Config {ns}/{config}"
+        if not _holds(cm, version, record.checksum, content):
+            return f"ConfigMap {ns}/{name} does not hold version {version} of {ns}/{config}"
+        if dryrun:
+            return target.name, name
+        # the touch: a collection that listed the referrers before this pod exists fails
+        # its delete precondition, and a later one leaves it alone for PIN_GRACE
+        touched = await rt.kube.patch_config_map(
+            ns,
+            name,
+            {"metadata": {"annotations": {rollout.PINNED_AT_ANNOTATION: _now()}}},
+            resource_version=str(cm_meta.get("resourceVersion") or ""),
         )
-    return target.name, name
+        if touched:
+            return target.name, name
+    return f"ConfigMap {ns}/{name} kept changing; the pod is not pinned"
+
+
+def _holds(cm: dict[str, Any], version: int, checksum: str, content: dict[str, str]) -> bool:
+    """The versioned ConfigMap of exactly this version: labelled and annotated with it,
+    its data's checksum the record's, immutable, holding the version's content."""
+    meta = cm.get("metadata") or {}
+    labels, annotations = meta.get("labels") or {}, meta.get("annotations") or {}
+    return (
+        labels.get(versioned.VERSION_LABEL) == str(version)
+        and annotations.get(publish.VERSION_ANNOTATION) == str(version)
+        and annotations.get(publish.CHECKSUM_ANNOTATION) == checksum
+        and cm.get("immutable") is True
+        and dict(cm.get("data") or {}) == content
+    )
+
+
+def _content(data: dict[str, Any], target: Any, where: str) -> dict[str, str] | str:
+    if target.format == "flat":
+        flat = publish.flat_content(data, where)
+        return flat if isinstance(flat, dict) else flat.message
+    return publish.json_content(data, target.key)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

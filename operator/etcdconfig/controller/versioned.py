@@ -33,6 +33,7 @@ Messages name ConfigMaps and versions, never data.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import re
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from etcdconfig import metrics
 from etcdconfig.controller import publish as mutable
-from etcdconfig.rollout import PIN_PREFIX
+from etcdconfig.rollout import PIN_GRACE, PIN_PREFIX, PINNED_AT_ANNOTATION, parse_pin
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -99,8 +100,9 @@ def references(obj: Any, pins: dict[str, str]) -> Iterator[str]:
                         if not isinstance(akey, str) or not akey.startswith(PIN_PREFIX):
                             continue
                         target = pins.get(akey[len(PIN_PREFIX) :])
-                        if target is not None and str(avalue).isdigit():
-                            yield versioned_name(target, int(str(avalue)))
+                        version = parse_pin(avalue)
+                        if target is not None and version is not None:
+                            yield versioned_name(target, version)
                 if isinstance(value, (dict, list)):
                     stack.append(value)
 
@@ -108,6 +110,8 @@ def references(obj: Any, pins: dict[str, str]) -> Iterator[str]:
 @dataclass(frozen=True)
 class Collected:
     deleted: list[str]
+    #: kept because something refers to it, a pod was pinned to it lately, or its
+    #: deletion lost its precondition: the next reconcile collects again
     kept_referenced: list[str]
 
 
@@ -127,6 +131,15 @@ async def ensure(
             refusal = mutable._ownership(cm_meta, meta, where)
             if refusal is not None:
                 return refusal
+            if VERSION_LABEL not in (cm_meta.get("labels") or {}):
+                return mutable.Refusal(
+                    "ConfigMapNotVersioned",
+                    f"ConfigMap {where} was published by this Config but is no versioned "
+                    f"ConfigMap (no {VERSION_LABEL} label: an earlier plain ConfigMap of that "
+                    "name); it is left untouched: delete it, or choose another "
+                    "spec.publish.configMap.name",
+                    stalled=True,
+                )
             if _labelled(cm, head) and target.format == "json":
                 # json is judged by the checksum of the key's JSON: no etcd read
                 data = dict(cm.get("data") or {})
@@ -228,6 +241,8 @@ async def collect(
         match = _VERSION_SUFFIX.search(str(cm_meta.get("name", "")))
         if match is None or cm_meta["name"] != versioned_name(target.name, int(match[1])):
             continue
+        if (cm_meta.get("labels") or {}).get(VERSION_LABEL) != match[1]:
+            continue  # not a versioned ConfigMap (e.g. an earlier plain one of that name)
         if mutable._ownership(cm_meta, meta, "") is not None or cm_meta.get("deletionTimestamp"):
             continue  # not this Config's (another uid, or not created by etcdconfig)
         ours.append((int(match[1]), cm))
@@ -242,18 +257,21 @@ async def collect(
             referenced.update(references(obj.get("spec"), pins))
             referenced.update(references(obj.get("data"), pins))
             referenced.update(references({"annotations": _annotations(obj)}, pins))
-    deleted, kept = [], []
+    deleted, kept, failed = [], [], []
+    now = dt.datetime.now(dt.UTC)
     for version, cm in candidates:
         cm_meta = cm["metadata"]
-        if cm_meta["name"] in referenced:
+        if cm_meta["name"] in referenced or _pinned_lately(cm_meta, now):
             kept.append(cm_meta["name"])
             continue
-        if await rt.kube.delete_config_map(
+        if not await rt.kube.delete_config_map(
             ns,
             cm_meta["name"],
             uid=str(cm_meta.get("uid")),
             resource_version=str(cm_meta.get("resourceVersion")),
         ):
+            failed.append(cm_meta["name"])  # changed meanwhile (pinned?): judged next time
+        else:
             deleted.append(cm_meta["name"])
             metrics.VERSIONED_CONFIGMAPS_DELETED.inc()
             log.info(
@@ -261,7 +279,20 @@ async def collect(
                 extra={"config": f"{ns}/{name}", "configMap": f"{ns}/{cm_meta['name']}",
                        "version": version, "uid": uid},
             )  # fmt: skip
-    return Collected(deleted, kept)
+    return Collected(deleted, kept + failed)
+
+
+def _pinned_lately(cm_meta: dict[str, Any], now: dt.datetime) -> bool:
+    """The pod webhook pinned a pod to it less than PIN_GRACE seconds ago (that pod may
+    not be persisted yet, so no list shows it)."""
+    stamp = (cm_meta.get("annotations") or {}).get(PINNED_AT_ANNOTATION)
+    try:
+        at = dt.datetime.fromisoformat(str(stamp))
+    except ValueError:
+        return False
+    if at.tzinfo is None:
+        return False
+    return (now - at).total_seconds() < PIN_GRACE
 
 
 def _annotations(obj: dict[str, Any]) -> dict[str, Any]:
