@@ -91,6 +91,14 @@ RESYNC_ERRORS = Counter(
     ["stage", "error"],
     registry=REGISTRY,
 )
+ROLLOUTS = Counter(
+    "etcdconfig_rollouts_total",
+    "Rollouts of a recorded version to consuming workloads that ended, by result: "
+    "Succeeded, RolledBack (a pod of the version failed; the workloads went back to the "
+    "last version that rolled out healthy) or Failed (not rolled back).",
+    ["result"],
+    registry=REGISTRY,
+)
 POD_PINS = Counter(
     "etcdconfig_pod_pins_total",
     "References of new pods to a pinned Config's ConfigMap, by result: pinned (rewritten "

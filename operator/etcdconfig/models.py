@@ -137,6 +137,28 @@ class Rollout(_Strict):
         description="Hours (UTC) in which rollouts may start; outside them rollouts are "
         "held until the window opens. Default: any time.",
     )
+    progress_deadline_seconds: int = Field(
+        default=300,
+        ge=10,
+        le=86400,
+        alias="progressDeadlineSeconds",
+        description="Seconds a rollout may take until every consuming workload runs the "
+        "version on all its replicas, Ready; longer fails it (and rolls back). Default: 300.",
+    )
+    bake_seconds: int = Field(
+        default=30,
+        ge=0,
+        le=86400,
+        alias="bakeSeconds",
+        description="Seconds a completed rollout is still watched: a pod of the version that "
+        "crashes within them fails it (and rolls back). Default: 30.",
+    )
+    auto_rollback: bool = Field(
+        default=True,
+        alias="autoRollback",
+        description="Roll the workloads back to the last version that rolled out healthy "
+        "when a rollout fails. Default: true.",
+    )
 
 
 class ConfigSpec(_Strict):
@@ -204,8 +226,10 @@ class RolloutStatus(_Strict):
     version: int | None = Field(default=None, description="The version being rolled out.")
     state: str | None = Field(
         default=None,
-        description="Rolling (the workloads' templates name the version), Paused "
-        "(spec.rollout.paused), Held (outside spec.rollout.window), NoConsumers.",
+        description="Rolling (the workloads' templates name the version), Succeeded (every "
+        "replica runs it, Ready, through the bake time), Failed or RolledBack (a pod of it "
+        "failed, or the deadline passed), Paused (spec.rollout.paused), Held (outside "
+        "spec.rollout.window), NoConsumers.",
     )
     message: str | None = None
     summary: str | None = Field(

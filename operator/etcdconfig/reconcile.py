@@ -281,6 +281,42 @@ def _integrity_stall(b: StatusBuilder) -> None:
     b.set("Stalled", True, "IntegrityViolation", INTEGRITY_STALLED)
 
 
+def status_rollout_failed(current: dict[str, Any], generation: int, message: str) -> dict[str, Any]:
+    """The head is recorded, but rolling it out broke the workloads that consume it
+    (docs/rollouts.md): not ready, stalled — the desired state is what is wrong; a new
+    generation resumes — with the rollout's message (workload, pod, reason)."""
+    previous = list(current.get("conditions") or [])
+    b = StatusBuilder(int(current.get("observedGeneration") or generation), previous)
+    for c in previous:
+        if c.get("type") in CONDITION_TYPES:
+            b.conditions[c["type"]] = c
+    if (b.conditions.get("Intact") or {}).get("status") == "False":
+        return b.build(**_fields(current))  # an integrity violation says more
+    b.set("Ready", False, ROLLOUT_FAILED, message)
+    b.set("Reconciling", False, ROLLOUT_FAILED, "")
+    b.set("Stalled", True, ROLLOUT_FAILED, message)
+    return b.build(**_fields(current))
+
+
+def with_rollout_failure(status: dict[str, Any], failure: tuple[int, str] | None) -> dict[str, Any]:
+    """``status`` as a reconcile built it, stalled by the rollout ``failure`` (version,
+    message) when that is the version the status reports (a reconcile must not clear
+    it; a newer version does)."""
+    if failure is None or status.get("version") != failure[0]:
+        return status
+    ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+    if ready is None or ready.get("status") != "True":
+        return status  # not ready for a reason of its own (publishing, integrity)
+    return status_rollout_failed(status, int(status.get("observedGeneration") or 1), failure[1])
+
+
+def _fields(current: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in current.items() if k not in ("conditions", "observedGeneration")}
+
+
+ROLLOUT_FAILED = "RolloutFailed"
+
+
 def with_intact(
     previous: list[dict[str, Any]], intact: dict[str, Any] | None
 ) -> list[dict[str, Any]]:

@@ -37,6 +37,7 @@ from etcdconfig.reconcile import (
     status_recorded,
     validate_spec,
     with_intact,
+    with_rollout_failure,
 )
 from etcdconfig.store import ChangeRequest, CommitResult, Head
 
@@ -127,14 +128,17 @@ class Reconciler:
             published_to = await self._publish(body, spec, mine, delay)
             if published_to is not None and rt.rollouts is not None:
                 rt.rollouts.schedule(body, spec)
-            return status_recorded(
-                generation,
-                with_intact(previous, rt.intact.get(uid)),
-                version=mine.version,
-                checksum=mine.checksum,
-                recorded_at=mine.recorded_at,
-                recorded_now=False,
-                published_to=published_to,
+            return with_rollout_failure(
+                status_recorded(
+                    generation,
+                    with_intact(previous, rt.intact.get(uid)),
+                    version=mine.version,
+                    checksum=mine.checksum,
+                    recorded_at=mine.recorded_at,
+                    recorded_now=False,
+                    published_to=published_to,
+                ),
+                rt.rollout_failures.get(uid),
             )
 
         data_checksum = checksum(spec.data)

@@ -33,11 +33,13 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from etcdconfig import metrics
 from etcdconfig import rollout as pins
 from etcdconfig.errors import EtcdConfigError, InvalidConfig
+from etcdconfig.etcd import prefix_end
 from etcdconfig.etcd.types import Compare, Put
 from etcdconfig.kube import KubeError
-from etcdconfig.reconcile import parse_spec
+from etcdconfig.reconcile import parse_spec, status_rollout_failed
 
 if TYPE_CHECKING:
     from etcdconfig.controller.runtime import Runtime
@@ -74,6 +76,57 @@ def in_window(window: RolloutWindow | None, now: dt.datetime) -> tuple[bool, flo
         return True, 0.0
     wait = (start - minute) % (24 * 60)
     return False, wait * 60.0 - now.second
+
+
+FAILED = ("Failed", "RolledBack")
+WATCH_INTERVAL = 1.0
+#: a container waiting for one of these will not start without a change
+_STUCK = {
+    "CrashLoopBackOff",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "RunContainerError",
+}
+
+
+def pod_failure(pod: dict[str, Any]) -> str | None:
+    """Why a pod of the new version is failing, or None: a container (or init
+    container) that exited non-zero, or waits for a reason it cannot get past."""
+    st = pod.get("status") or {}
+    for cs in [*(st.get("initContainerStatuses") or []), *(st.get("containerStatuses") or [])]:
+        state = cs.get("state") or {}
+        last = (cs.get("lastState") or {}).get("terminated") or {}
+        waiting = state.get("waiting") or {}
+        terminated = state.get("terminated") or {}
+        code = terminated.get("exitCode", last.get("exitCode"))
+        exit_text = f" (exit {code})" if code not in (None, 0) else ""
+        if waiting.get("reason") in _STUCK:
+            return f"container {cs.get('name')} {waiting['reason']}{exit_text}"
+        if terminated.get("exitCode") not in (None, 0):
+            reason = terminated.get("reason", "Error")
+            return f"container {cs.get('name')} exited {terminated['exitCode']} ({reason})"
+        if (cs.get("restartCount") or 0) >= 1 and last.get("exitCode") not in (None, 0):
+            return f"container {cs.get('name')} exited {last['exitCode']} and restarted"
+    return None
+
+
+def _complete(kind: str, w: dict[str, Any], config: str, version: int) -> bool:
+    """Every replica of the workload runs a template pinned to ``version``, Ready, and
+    nothing of an older template is left."""
+    target = _observed(kind, w, config)
+    st = w.get("status") or {}
+    replicas = target["replicas"] or 0
+    total = st.get("desiredNumberScheduled") if kind == "DaemonSet" else st.get("replicas")
+    return (
+        target["version"] == version
+        and (st.get("observedGeneration") or 0) >= (w["metadata"].get("generation") or 0)
+        and target["updated"] == replicas
+        and (target["ready"] or 0) == replicas
+        and (total or 0) == replicas
+    )
 
 
 def summary(target: dict[str, Any]) -> str:
@@ -118,6 +171,7 @@ class Rollouts:
 
     def __post_init__(self) -> None:
         self._timers: dict[str, asyncio.Task[None]] = {}
+        self._watchers: dict[tuple[str, int], asyncio.Task[None]] = {}
 
     def schedule(self, body: dict[str, Any], spec: ConfigSpec) -> None:
         """A version of ``body`` is recorded and published: roll the head out after the
@@ -186,22 +240,274 @@ class Rollouts:
                 state = "Held"
                 message = f"outside spec.rollout.window; it opens in {int(wait_s // 60)} min"
                 wait = wait_s
-        if state == "Rolling":
-            await self._record(ns, name, uid, head.version, workloads)
+        record = await self._read_record(ns, name, uid, head.version)
+        failed = record is not None and record[0].get("state") in FAILED
+        if failed:
+            assert record is not None
+            # the head broke pods: the workloads stay where the rollback left them (or
+            # where they are) until a new version is recorded
+            note = record[0]
+            state, message = str(note["state"]), str(note.get("reason") or "")
+            rt.rollout_failures[uid] = (head.version, message)
+            back = note.get("rolledBackTo")
+            if isinstance(back, int):
+                for kind, obj_w in workloads:
+                    await self._pin(kind, obj_w, name, back)
+        else:
+            rt.rollout_failures.pop(uid, None)
+        if state == "Rolling" and not failed:
+            if record is None:
+                await self._record(ns, name, uid, head.version, workloads)
+                record = await self._read_record(ns, name, uid, head.version)
             for kind, obj_w in workloads:
                 await self._pin(kind, obj_w, name, head.version)
             workloads = await self._consumers(ns, name)
+            if record is not None and record[0].get("state") == "Succeeded":
+                state, message = "Succeeded", str(record[0].get("reason") or "")
+            elif record is not None:
+                self._watch_soon(ns, name, uid, head.version, record[0], settings)
+        await self._report(obj, head.version, state, message, workloads)
+        return wait
+
+    async def _report(
+        self,
+        obj: dict[str, Any],
+        version: int,
+        state: str,
+        message: str,
+        workloads: list[tuple[str, dict[str, Any]]],
+    ) -> None:
+        """``status.rollout`` as it stands (written only when it changed)."""
+        meta = obj["metadata"]
+        name = meta["name"]
         targets = [_observed(kind, w, name) for kind, w in workloads]
         status = {
-            "version": head.version,
+            "version": version,
             "state": state,
             "message": message,
             "summary": ", ".join(f"{t['kind']}/{t['name']} {t['summary']}" for t in targets),
             "targets": targets,
         }
         if (obj.get("status") or {}).get("rollout") != status:
-            await rt.kube.patch_status(ns, name, {"rollout": status})
-        return wait
+            await self.rt.kube.patch_status(meta["namespace"], name, {"rollout": status})
+
+    # --- watching a rollout --------------------------------------------------------------
+
+    def _watch_soon(
+        self, ns: str, name: str, uid: str, version: int, record: dict[str, Any], settings: Any
+    ) -> None:
+        key = (uid, version)
+        running = self._watchers.get(key)
+        if running is not None and not running.done():
+            return
+        task = asyncio.create_task(
+            self._watch(ns, name, uid, version, record, settings),
+            name=f"rollout watch {ns}/{name} v{version}",
+        )
+        self._watchers[key] = task
+        task.add_done_callback(lambda t: self._watchers.pop(key, None))
+
+    async def _watch(
+        self,
+        ns: str,
+        name: str,
+        uid: str,
+        version: int,
+        record: dict[str, Any],
+        settings: Any,
+    ) -> None:
+        """Watch the rollout of ``version`` until it succeeds (every consuming workload
+        runs it on all replicas, Ready, for the bake time), fails (a pod of it crashes,
+        a workload reports its own progress deadline exceeded, or ours passes) or is
+        superseded by a newer version."""
+        deadline_s = settings.progress_deadline_seconds if settings else 300
+        bake = settings.bake_seconds if settings else 30
+        try:
+            started = dt.datetime.fromisoformat(str(record.get("startedAt")))
+        except ValueError:
+            started = dt.datetime.now(dt.UTC)
+        completed: dt.datetime | None = None
+        rt = self.rt
+        assert rt.store is not None
+        while not rt.stopping:
+            try:
+                obj = await rt.kube.get_config(ns, name)
+                head = await rt.store.head(ns, name)
+                if obj is None or obj["metadata"]["uid"] != uid or head is None:
+                    return
+                if head.uid != uid or head.version != version:
+                    await self._finish(ns, name, uid, version, "Superseded",
+                                       f"version {head.version} was recorded")  # fmt: skip
+                    return
+                workloads = await self._consumers(ns, name)
+                problem = await self._problem(ns, name, version, workloads)
+                now = dt.datetime.now(dt.UTC)
+                done = bool(workloads) and all(_complete(k, w, name, version) for k, w in workloads)
+                if problem is None and not done and (now - started).total_seconds() > deadline_s:
+                    summary_ = ", ".join(
+                        f"{k}/{w['metadata']['name']} {_observed(k, w, name)['summary']}"
+                        for k, w in workloads
+                    )
+                    problem = f"not complete after {deadline_s}s ({summary_})"
+                if problem is not None:
+                    await self._fail(obj, uid, version, problem, settings, workloads)
+                    return
+                completed = (completed or now) if done else None
+                if completed is not None and (now - completed).total_seconds() >= bake:
+                    message = (
+                        f"version {version} runs on every replica of {len(workloads)} workload(s)"
+                    )
+                    if await self._finish(ns, name, uid, version, "Succeeded", message):
+                        metrics.ROLLOUTS.labels("Succeeded").inc()
+                        log.info("rollout succeeded", extra={"config": f"{ns}/{name}",
+                                                             "version": version})  # fmt: skip
+                    await self._report(obj, version, "Succeeded", message, workloads)
+                    return
+                await self._report(obj, version, "Rolling", f"version {version} rolls out",
+                                   workloads)  # fmt: skip
+            except (EtcdConfigError, OSError) as exc:
+                log.warning("rollout watch: a read failed; trying again",
+                            extra={"config": f"{ns}/{name}", "error": str(exc)})  # fmt: skip
+            await asyncio.sleep(WATCH_INTERVAL)  # the poll interval of a bounded watch
+
+    async def _problem(
+        self, ns: str, config: str, version: int, workloads: list[tuple[str, dict[str, Any]]]
+    ) -> str | None:
+        """Why the rollout of ``version`` failed, if it did: a workload's own progress
+        deadline, or a pod of the version that crashes or cannot start."""
+        for kind, w in workloads:
+            where = f"{kind}/{w['metadata']['name']}"
+            for cond in (w.get("status") or {}).get("conditions") or []:
+                if (
+                    cond.get("type") == "Progressing"
+                    and cond.get("reason") == "ProgressDeadlineExceeded"
+                ):
+                    return f"{where}: ProgressDeadlineExceeded ({cond.get('message', '')})"
+            selector = ((w.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+            if not selector:
+                continue
+            labels = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+            for pod in await self.rt.kube.list_namespaced("v1", "pods", ns, labels):
+                annotations = (pod.get("metadata") or {}).get("annotations") or {}
+                if pins.pins(annotations).get(config) != version:
+                    continue
+                why = pod_failure(pod)
+                if why is not None:
+                    return f"{where}: pod {pod['metadata']['name']} {why}"
+        return None
+
+    async def _fail(
+        self,
+        obj: dict[str, Any],
+        uid: str,
+        version: int,
+        problem: str,
+        settings: Any,
+        workloads: list[tuple[str, dict[str, Any]]],
+    ) -> None:
+        meta = obj["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        back = await self._last_succeeded(ns, name, uid, version)
+        auto = settings.auto_rollback if settings else True
+        if auto and back is not None:
+            state = "RolledBack"
+            message = f"version {version} failed: {problem}; rolled back to version {back}"
+        else:
+            state = "Failed"
+            why = "autoRollback is off" if not auto else "no earlier version rolled out healthy"
+            message = f"version {version} failed: {problem}; not rolled back ({why})"
+        if not await self._finish(
+            ns,
+            name,
+            uid,
+            version,
+            state,
+            message,
+            rolled_back_to=back if state == "RolledBack" else None,
+        ):
+            return  # another replica finished it first: its outcome stands
+        if state == "RolledBack":
+            assert back is not None
+            for kind, w in workloads:
+                await self._pin(kind, w, name, back)
+        self.rt.rollout_failures[uid] = (version, message)
+        metrics.ROLLOUTS.labels(state).inc()
+        log.warning("rollout failed", extra={"config": f"{ns}/{name}", "version": version,
+                                             "state": state, "reason": problem})  # fmt: skip
+        await self.rt.kube.event(obj, "Warning", "RolloutFailed", message)
+        fresh = await self.rt.kube.get_config(ns, name)
+        if fresh is not None and fresh["metadata"]["uid"] == uid:
+            current = fresh.get("status") or {}
+            failed = status_rollout_failed(
+                current, int(fresh["metadata"].get("generation") or 1), message
+            )
+            await self.rt.kube.patch_status(ns, name, {"conditions": failed["conditions"]})
+            workloads = await self._consumers(ns, name)
+            await self._report(fresh, version, state, message, workloads)
+
+    async def _read_record(
+        self, ns: str, name: str, uid: str, version: int
+    ) -> tuple[dict[str, Any], int] | None:
+        key = rollout_key(self.rt.settings.etcd_prefix, ns, name, uid, version)
+        kv, _ = await self.rt.client.get(key)
+        if kv is None:
+            return None
+        try:
+            return dict(json.loads(kv.value)), int(kv.mod_revision)
+        except ValueError:
+            return None
+
+    async def _finish(
+        self,
+        ns: str,
+        name: str,
+        uid: str,
+        version: int,
+        state: str,
+        reason: str,
+        *,
+        rolled_back_to: int | None = None,
+    ) -> bool:
+        """Move the version's record from Started to ``state`` (compare-and-swap on its
+        mod revision): True if this call did; False if it was finished already."""
+        key = rollout_key(self.rt.settings.etcd_prefix, ns, name, uid, version)
+        for _ in range(3):
+            found = await self._read_record(ns, name, uid, version)
+            if found is None:
+                return False
+            record, revision = found
+            if record.get("state") != "Started":
+                return False
+            record.update(
+                state=state,
+                reason=reason,
+                endedAt=dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+                endedBy=self.rt.settings.replica_id,
+            )
+            if rolled_back_to is not None:
+                record["rolledBackTo"] = rolled_back_to
+            result = await self.rt.client.txn(
+                [Compare.mod_revision(key, "=", revision)],
+                [Put(key, json.dumps(record, sort_keys=True).encode())],
+            )
+            if result.succeeded:
+                return True
+        return False
+
+    async def _last_succeeded(self, ns: str, name: str, uid: str, below: int) -> int | None:
+        """The newest version below ``below`` whose rollout succeeded."""
+        prefix = rollout_key(self.rt.settings.etcd_prefix, ns, name, uid, 0)[:-20]
+        result = await self.rt.client.range(prefix, prefix_end(prefix))
+        best = None
+        for kv in result.kvs:
+            try:
+                record = json.loads(kv.value)
+            except ValueError:
+                continue
+            v = record.get("version")
+            if record.get("state") == "Succeeded" and isinstance(v, int) and v < below:
+                best = v if best is None else max(best, v)
+        return best
 
     async def _consumers(self, ns: str, name: str) -> list[tuple[str, dict[str, Any]]]:
         out = []
@@ -265,7 +571,7 @@ class Rollouts:
                 "version": version, "error": str(exc)})  # fmt: skip
 
     async def close(self) -> None:
-        tasks = list(self._timers.values())
+        tasks = [*self._timers.values(), *self._watchers.values()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

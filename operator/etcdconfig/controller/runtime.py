@@ -49,6 +49,9 @@ class Runtime:
     intact: dict[str, dict[str, Any]] = field(default_factory=dict)
     # the rollouts of recorded versions to consuming workloads (controller/rollouts.py)
     rollouts: Rollouts | None = None
+    # Config uid -> (version, message) of a rollout that failed: every status built for
+    # that version carries it (Stalled, RolloutFailed) until a newer version is recorded
+    rollout_failures: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     async def start(self) -> None:
         s = self.settings
