@@ -210,3 +210,116 @@ async def test_paused_and_out_of_window_rollouts_wait(
     record(control_plane, namespace, 4, debounceSeconds=0)  # neither paused nor held
     wait_until(lambda: pinned_version(control_plane, namespace) == "4", 30.0, "web on v4")
     assert await records(namespace) == [1, 4]
+
+
+def complete(plane: ControlPlane, ns: str, name: str = "web") -> None:
+    """Do what the Deployment controller would: every replica of the current template
+    updated and Ready."""
+    gen = get_deployment(plane, ns, name)["metadata"]["generation"]
+    status = {"observedGeneration": gen, "replicas": 3, "updatedReplicas": 3,
+              "readyReplicas": 3, "availableReplicas": 3}  # fmt: skip
+    plane.kubectl(
+        "patch", "deployment", name, "-n", ns, "--subresource=status", "--type=merge",
+        "-p", json.dumps({"status": status}),
+    )  # fmt: skip
+
+
+def resync_rounds(op: OperatorProcess) -> float:
+    for line in op.metrics().splitlines():
+        if line.startswith("etcdconfig_resync_rounds_total"):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def etcdconfig(plane: ControlPlane, *args: str) -> Any:
+    import subprocess
+
+    from tests.e2e.operator_env import BIN
+
+    return subprocess.run(
+        [str(BIN / "etcdconfig"), *args],
+        env=plane.client_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+async def test_a_crashing_pod_of_the_version_rolls_back_to_the_last_healthy_one(
+    control_plane: ControlPlane, namespace: str, operator: OperatorProcess, records: Any
+) -> None:
+    """The controllers are simulated: the Deployment's status is written as its controller
+    would, and a pod of the new version with a crash-looping container (the node tier
+    runs the real thing)."""
+    fast = {"debounceSeconds": 0, "bakeSeconds": 0, "progressDeadlineSeconds": 120}
+    gitops_apply(control_plane, deployment(namespace))
+    record(control_plane, namespace, 1, **fast)
+    wait_until(lambda: pinned_version(control_plane, namespace) == "1", 30.0, "web on v1")
+    complete(control_plane, namespace)
+    ok = etcdconfig(control_plane, "rollout", "status", f"{namespace}/web", "--timeout", "60")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.splitlines()[-1] == (
+        f"rollout of {namespace}/web version 1 succeeded: Deployment/web 3/3 on v1"
+    )
+
+    record(control_plane, namespace, 2, **fast)
+    wait_until(lambda: pinned_version(control_plane, namespace) == "2", 30.0, "web on v2")
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "web-v2-a",
+            "namespace": namespace,
+            "labels": {"app": "web"},
+            "annotations": {PIN: "2"},
+        },
+        "spec": {"containers": [{"name": "app", "image": "app:1"}]},
+    }
+    control_plane.kubectl("create", "-f", "-", input=json.dumps(pod))
+    crash = {
+        "phase": "Running",
+        "containerStatuses": [{
+            "name": "app", "image": "app:1", "imageID": "", "ready": False, "restartCount": 2,
+            "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+            "lastState": {"terminated": {"exitCode": 3, "reason": "Error"}},
+        }],
+    }  # fmt: skip
+    control_plane.kubectl(
+        "patch", "pod", "web-v2-a", "-n", namespace, "--subresource=status", "--type=merge",
+        "-p", json.dumps({"status": crash}),
+    )  # fmt: skip
+    wait_until(lambda: pinned_version(control_plane, namespace) == "1", 30.0, "web back on v1")
+    failed = etcdconfig(control_plane, "rollout", "status", f"{namespace}/web", "--no-watch")
+    message = (
+        "version 2 failed: Deployment/web: pod web-v2-a container app CrashLoopBackOff "
+        "(exit 3); rolled back to version 1"
+    )
+    assert (failed.returncode, failed.stdout) == (
+        1,
+        f"rollout of {namespace}/web version 2 rolledback: {message}\n",
+    )
+    obj = wait_observed(control_plane, namespace, "web", ready=False)
+    stalled = next(c for c in obj["status"]["conditions"] if c["type"] == "Stalled")
+    assert (stalled["status"], stalled["reason"], stalled["message"]) == (
+        "True",
+        "RolloutFailed",
+        message,
+    )
+    assert obj["spec"]["data"] == {"n": 2}
+    assert await records(namespace) == [1, 2]
+    # two more resync rounds (each schedules the head again) roll nothing forward
+    rounds = resync_rounds(operator)
+    wait_until(lambda: resync_rounds(operator) >= rounds + 2, 30.0, "two resync rounds")
+    assert pinned_version(control_plane, namespace) == "1"
+    assert wait_observed(control_plane, namespace, "web", ready=False)["status"]["version"] == 2
+
+    # a new version resumes
+    apply(control_plane, web_config(namespace, 3, **fast))
+    wait_until(lambda: pinned_version(control_plane, namespace) == "3", 30.0, "web on v3")
+    complete(control_plane, namespace)
+    done = etcdconfig(control_plane, "rollout", "status", f"{namespace}/web", "--timeout", "60")
+    assert done.returncode == 0, done.stdout + done.stderr
+    obj = wait_observed(control_plane, namespace, "web")
+    stalled = next(c for c in obj["status"]["conditions"] if c["type"] == "Stalled")
+    assert stalled["status"] == "False"

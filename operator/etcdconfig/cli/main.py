@@ -21,6 +21,7 @@ import difflib
 import json
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -974,6 +975,73 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return asyncio.run(_with_source(args, go))
 
 
+ROLLOUT_POLL = 1.0  # seconds between reads of status.rollout while waiting (deadline-bounded)
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    """``rollout status``: like ``kubectl rollout status``, for the rollout of the
+    Config's head to the workloads that consume it (``status.rollout``)."""
+    ns, name = _ref(args.config, args)
+    kubeconfig, context = _kube_target(args)
+
+    async def go() -> int:
+        from etcdconfig.kube import Kube, load_api_client
+
+        kube = Kube(await load_api_client(kubeconfig, context, agent="etcdconfig-cli"))
+        try:
+            deadline = time.monotonic() + args.timeout
+            said = ""
+            while True:
+                obj = await kube.get_config(ns, name)
+                if obj is None:
+                    raise Exit(EXIT_NOT_FOUND, f"Config {ns}/{name} does not exist in Kubernetes")
+                status = obj.get("status") or {}
+                head = status.get("version")
+                r = status.get("rollout") or {}
+                state = r.get("state") if r.get("version") == head else None
+                if structured(args.output):
+                    emit(r, args.output, command="rollout status")
+                    return 0
+                line = _rollout_line(ns, name, head, state, r)
+                if line != said:
+                    sys.stdout.write(line + "\n")
+                    sys.stdout.flush()
+                    said = line
+                if state in ("Succeeded", "NoConsumers"):
+                    return 0
+                if state in ("RolledBack", "Failed"):
+                    return EXIT_ERROR
+                if not args.watch:
+                    return EXIT_ERROR if state in ("Paused", "Held") else 0
+                if time.monotonic() > deadline:
+                    raise Exit(
+                        EXIT_ERROR,
+                        f"timed out after {args.timeout:g}s waiting for the rollout of "
+                        f"{ns}/{name} version {head}",
+                    )
+                await asyncio.sleep(ROLLOUT_POLL)
+        finally:
+            await kube.close()
+
+    return asyncio.run(go())
+
+
+def _rollout_line(ns: str, name: str, head: Any, state: Any, r: dict[str, Any]) -> str:
+    ref = f"{ns}/{name}"
+    targets = r.get("summary") or ""
+    if head is None:
+        return f"Waiting for {ref} to be recorded"
+    if state is None:
+        return f"Waiting for the rollout of {ref} version {head} to start"
+    if state == "Rolling":
+        return f"Waiting for the rollout of {ref} version {head}: {targets}"
+    if state == "Succeeded":
+        return f"rollout of {ref} version {head} succeeded: {targets}"
+    if state == "NoConsumers":
+        return f"{ref} version {head}: no workload names it in etcdconfig.io/configs"
+    return f"rollout of {ref} version {head} {str(state).lower()}: {r.get('message') or ''}"
+
+
 def cmd_version(args: argparse.Namespace) -> int:
     fmt = args.output if args.output not in ("table", "wide", "name") else "yaml"
     emit({"version": __version__}, fmt)
@@ -1174,6 +1242,24 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="roll back live even when a GitOps tool (Flux, Argo CD) applies the Config "
         "and would revert it at its next sync (refused without it)",
+    )
+
+    p = command(
+        "rollout",
+        cmd_rollout,
+        "rollout status: wait for the head's rollout to the consuming workloads "
+        "(like kubectl rollout status); exit 0 when it succeeded, 1 when it failed",
+    )
+    p.add_argument("action", choices=("status",))
+    p.add_argument("config", metavar="NAMESPACE/NAME")
+    p.add_argument(
+        "--watch",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="wait until the rollout ends (default); --no-watch: report once",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=600.0, metavar="SECONDS", help="give up after (600)"
     )
 
     p = command(
