@@ -754,4 +754,35 @@ MUTANTS: tuple[Mutant, ...] = (
             "tests/unit/test_adversarial_versioned_units.py::test_a_deletion_that_lost_its_precondition_is_tried_again",
         ),
     ),
+    Mutant(
+        id="M56",
+        file="operator/etcdconfig/controller/rollouts.py",
+        guard="a resync rolls a version that was rolled back forward again",
+        original='        failed = record is not None and record[0].get("state") in FAILED\n',
+        replacement="        failed = False\n",
+        tests=(
+            "tests/e2e/test_rollouts.py::test_a_crashing_pod_of_the_version_rolls_back_to_the_last_healthy_one",
+        ),
+        timeout=300.0,
+    ),
+    Mutant(
+        id="M57",
+        file="operator/etcdconfig/controller/rollouts.py",
+        guard="a crash-looping pod of the new version is not seen as a failure",
+        original='        if waiting.get("reason") in _STUCK:\n',
+        replacement="        if False:\n",
+        tests=(
+            "tests/unit/test_rollout_units.py::test_a_pod_failure_names_the_container_and_the_reason",
+        ),
+    ),
+    Mutant(
+        id="M58",
+        file=RECONCILE,
+        guard="a failed rollout stalls the status of a newer version",
+        original='    if failure is None or status.get("version") != failure[0]:\n',
+        replacement="    if failure is None:\n",
+        tests=(
+            "tests/unit/test_rollout_units.py::test_a_failed_rollout_stalls_the_status_of_its_version_only",
+        ),
+    ),
 )
