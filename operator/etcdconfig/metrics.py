@@ -99,6 +99,14 @@ ROLLOUTS = Counter(
     ["result"],
     registry=REGISTRY,
 )
+UNPINNED_PODS = Gauge(
+    "etcdconfig_unpinned_pods",
+    "Pods of a workload rolled by this Config whose template pins a version but that run "
+    "on the plain ConfigMap (created while the pod webhook did not answer, or could not "
+    "pin them), as the last rollout check found them.",
+    ["namespace", "config"],
+    registry=REGISTRY,
+)
 POD_PINS = Counter(
     "etcdconfig_pod_pins_total",
     "References of new pods to a pinned Config's ConfigMap, by result: pinned (rewritten "

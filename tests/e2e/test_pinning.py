@@ -262,3 +262,72 @@ def test_a_configmap_of_the_versioned_name_not_published_by_the_config_is_not_us
     )
     p = create_pod(control_plane, ns, pod("foreign", {"app": "9"}))
     assert refs(p)[0] == "app-cm"  # not someone's look-alike: the plain ConfigMap
+
+
+def test_pods_started_while_the_operator_was_down_are_reported_once_it_is_back(
+    control_plane: ControlPlane, ns: str, pin_operator: OperatorProcess
+) -> None:
+    """A Deployment rolled by the Config (its template pinned), and a pod of it created
+    while the operator does not answer: admitted unpinned (fail open); once the operator
+    is back, its rollout check (each resync) counts it and a Warning Event names it."""
+    deploy = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "app", "namespace": ns,
+                     "annotations": {"etcdconfig.io/configs": "app"}},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "app"}},
+            "template": {
+                "metadata": {"labels": {"app": "app"}},
+                "spec": {"containers": [{"name": "c", "image": "none"}]},
+            },
+        },
+    }  # fmt: skip
+    apply(control_plane, deploy)
+    apply(
+        control_plane,
+        config_manifest(
+            "app",
+            ns,
+            {"n": 1},
+            publish={"configMap": {"name": "app-cm", "versioned": True}},
+            rollout={"debounceSeconds": 0},
+        ),
+    )
+    wait_until(
+        lambda: (
+            (
+                json.loads(
+                    control_plane.kubectl("get", "deployment", "app", "-n", ns, "-o", "json").stdout
+                )["spec"]["template"]["metadata"].get("annotations", {})
+            ).get("etcdconfig.io/version.app")
+            == "1"
+        ),
+        30.0,
+        "the template pinned to v1",
+    )
+    down = pod("while-down", {"app": "1"})
+    down["metadata"]["labels"]["app"] = "app"
+    pin_operator.pause()
+    try:
+        created = create_pod(control_plane, ns, down)
+    finally:
+        pin_operator.resume_if_paused()
+    assert refs(created)[0] == "app-cm"
+
+    def reported() -> list[dict[str, Any]]:
+        out = control_plane.kubectl(
+            "get", "events", "-n", ns, "--field-selector", "reason=PodsNotPinned", "-o", "json"
+        )
+        return list(json.loads(out.stdout)["items"])
+
+    (event,) = wait_until(reported, 30.0, "a PodsNotPinned Event")
+    assert event["involvedObject"]["name"] == "app"
+    assert event["message"] == (
+        "1 pod(s) run on ConfigMap app-cm, not on their template's version (created while "
+        "the pod webhook did not answer?): while-down; they get it when they are replaced "
+        "(kubectl rollout restart)"
+    )
+    line = f'etcdconfig_unpinned_pods{{config="app",namespace="{ns}"}} 1.0'
+    assert line in pin_operator.metrics().splitlines()

@@ -323,3 +323,37 @@ async def test_a_crashing_pod_of_the_version_rolls_back_to_the_last_healthy_one(
     obj = wait_observed(control_plane, namespace, "web")
     stalled = next(c for c in obj["status"]["conditions"] if c["type"] == "Stalled")
     assert stalled["status"] == "False"
+
+
+async def test_a_rollout_undo_is_kept_and_a_new_consumer_is_pinned(
+    control_plane: ControlPlane, namespace: str, operator: OperatorProcess, records: Any
+) -> None:
+    fast = {"debounceSeconds": 0, "bakeSeconds": 0}
+    gitops_apply(control_plane, deployment(namespace))
+    record(control_plane, namespace, 1, **fast)
+    wait_until(lambda: pinned_version(control_plane, namespace) == "1", 30.0, "web on v1")
+    complete(control_plane, namespace)
+    wait_until(lambda: rollout_status(control_plane, namespace).get("state") == "Succeeded",
+               30.0, "v1 succeeded")  # fmt: skip
+    record(control_plane, namespace, 2, **fast)
+    wait_until(lambda: pinned_version(control_plane, namespace) == "2", 30.0, "web on v2")
+    complete(control_plane, namespace)
+    wait_until(
+        lambda: (lambda r: r.get("version") == 2 and r.get("state") == "Succeeded")(
+            rollout_status(control_plane, namespace)
+        ),
+        30.0,
+        "v2 succeeded",
+    )
+    # what `kubectl rollout undo` does to the template: the older pin comes back
+    undo = {"spec": {"template": {"metadata": {"annotations": {PIN: "1"}}}}}
+    control_plane.kubectl(
+        "patch", "deployment", "web", "-n", namespace, "--type=merge",
+        "--field-manager=kubectl-rollout", "-p", json.dumps(undo),
+    )  # fmt: skip
+    gitops_apply(control_plane, deployment(namespace, "late"))  # a new consumer
+    wait_until(lambda: pinned_version(control_plane, namespace, "late") == "2", 30.0, "late on v2")
+    rounds = resync_rounds(operator)
+    wait_until(lambda: resync_rounds(operator) >= rounds + 2, 30.0, "two resync rounds")
+    assert pinned_version(control_plane, namespace) == "1"  # the undo stands
+    assert await records(namespace) == [1, 2]

@@ -113,6 +113,11 @@ def pod_failure(pod: dict[str, Any]) -> str | None:
     return None
 
 
+def _template_pin(w: dict[str, Any], config: str) -> int | None:
+    template = ((w.get("spec") or {}).get("template") or {}).get("metadata") or {}
+    return pins.pins(template.get("annotations")).get(config)
+
+
 def _complete(kind: str, w: dict[str, Any], config: str, version: int) -> bool:
     """Every replica of the workload runs a template pinned to ``version``, Ready, and
     nothing of an older template is left."""
@@ -172,6 +177,7 @@ class Rollouts:
     def __post_init__(self) -> None:
         self._timers: dict[str, asyncio.Task[None]] = {}
         self._watchers: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._unpinned: dict[str, tuple[str, ...]] = {}
 
     def schedule(self, body: dict[str, Any], spec: ConfigSpec) -> None:
         """A version of ``body`` is recorded and published: roll the head out after the
@@ -251,23 +257,73 @@ class Rollouts:
             rt.rollout_failures[uid] = (head.version, message)
             back = note.get("rolledBackTo")
             if isinstance(back, int):
+                # finish a rollback cut short; a workload someone moved (rollout undo,
+                # an edit) to another version is left where they put it
                 for kind, obj_w in workloads:
-                    await self._pin(kind, obj_w, name, back)
+                    if _template_pin(obj_w, name) in (None, head.version):
+                        await self._pin(kind, obj_w, name, back)
         else:
             rt.rollout_failures.pop(uid, None)
         if state == "Rolling" and not failed:
             if record is None:
                 await self._record(ns, name, uid, head.version, workloads)
                 record = await self._read_record(ns, name, uid, head.version)
+            done = record is not None and record[0].get("state") == "Succeeded"
             for kind, obj_w in workloads:
-                await self._pin(kind, obj_w, name, head.version)
+                # a rollout under way pins every workload; after it succeeded, only a
+                # workload that names no version yet (a new consumer): one moved back
+                # since (`kubectl rollout undo`) keeps the version it was moved to
+                if not done or _template_pin(obj_w, name) is None:
+                    await self._pin(kind, obj_w, name, head.version)
             workloads = await self._consumers(ns, name)
             if record is not None and record[0].get("state") == "Succeeded":
                 state, message = "Succeeded", str(record[0].get("reason") or "")
             elif record is not None:
                 self._watch_soon(ns, name, uid, head.version, record[0], settings)
+        if state != "NoConsumers" and spec.publish and spec.publish.config_map:
+            await self._check_pinned(obj, spec.publish.config_map.name, workloads)
         await self._report(obj, head.version, state, message, workloads)
         return wait
+
+    async def _check_pinned(
+        self, obj: dict[str, Any], target: str, workloads: list[tuple[str, dict[str, Any]]]
+    ) -> None:
+        """Pods of the consuming workloads whose template pins a version but that run on
+        the plain ConfigMap (the webhook did not answer when they were created, or could
+        not pin them): counted in etcdconfig_unpinned_pods, and a Warning Event names
+        them once (again when the set changes)."""
+        meta = obj["metadata"]
+        ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        unpinned: list[str] = []
+        for _, w in workloads:
+            selector = ((w.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+            if not selector or _template_pin(w, name) is None:
+                continue
+            labels = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+            for pod in await self.rt.kube.list_namespaced("v1", "pods", ns, labels):
+                pmeta = pod.get("metadata") or {}
+                if pmeta.get("deletionTimestamp"):
+                    continue
+                if name not in pins.pins(pmeta.get("annotations")):
+                    continue  # made from a template before it was pinned
+                pinned_to = str((pmeta.get("annotations") or {}).get(pins.PINNED_TO_ANNOTATION, ""))
+                if not any(p.split("=", 1)[0] == target for p in pinned_to.split(",") if p):
+                    unpinned.append(str(pmeta.get("name")))
+        metrics.UNPINNED_PODS.labels(ns, name).set(len(unpinned))
+        key = tuple(sorted(unpinned))
+        if self._unpinned.get(uid) == key:
+            return
+        self._unpinned[uid] = key
+        if unpinned:
+            shown = ", ".join(key[:10]) + (f" and {len(key) - 10} more" if len(key) > 10 else "")
+            await self.rt.kube.event(
+                obj,
+                "Warning",
+                "PodsNotPinned",
+                f"{len(key)} pod(s) run on ConfigMap {target}, not on their template's version "
+                f"(created while the pod webhook did not answer?): {shown}; they get it when "
+                "they are replaced (kubectl rollout restart)",
+            )
 
     async def _report(
         self,
