@@ -281,12 +281,22 @@ def _integrity_stall(b: StatusBuilder) -> None:
     b.set("Stalled", True, "IntegrityViolation", INTEGRITY_STALLED)
 
 
-def status_rollout_failed(current: dict[str, Any], generation: int, message: str) -> dict[str, Any]:
+def status_rollout_failed(
+    current: dict[str, Any],
+    generation: int,
+    message: str,
+    before: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """The head is recorded, but rolling it out broke the workloads that consume it
     (docs/rollouts.md): not ready, stalled — the desired state is what is wrong; a new
-    generation resumes — with the rollout's message (workload, pod, reason)."""
+    generation resumes — with the rollout's message (workload, pod, reason).
+    ``before``: the conditions as they are on the object (transition times are kept
+    from them) when ``current`` is a status just built from them."""
     previous = list(current.get("conditions") or [])
-    b = StatusBuilder(int(current.get("observedGeneration") or generation), previous)
+    b = StatusBuilder(
+        int(current.get("observedGeneration") or generation),
+        before if before is not None else previous,
+    )
     for c in previous:
         if c.get("type") in CONDITION_TYPES:
             b.conditions[c["type"]] = c
@@ -298,16 +308,23 @@ def status_rollout_failed(current: dict[str, Any], generation: int, message: str
     return b.build(**_fields(current))
 
 
-def with_rollout_failure(status: dict[str, Any], failure: tuple[int, str] | None) -> dict[str, Any]:
-    """``status`` as a reconcile built it, stalled by the rollout ``failure`` (version,
-    message) when that is the version the status reports (a reconcile must not clear
-    it; a newer version does)."""
+def with_rollout_failure(
+    status: dict[str, Any],
+    failure: tuple[int, str] | None,
+    before: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """``status`` as a reconcile built it from the conditions ``before``, stalled by the
+    rollout ``failure`` (version, message) when that is the version the status reports
+    (a reconcile must not clear it; a newer version does). Transition times come from
+    ``before``: a stall that stands does not flip."""
     if failure is None or status.get("version") != failure[0]:
         return status
     ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
     if ready is None or ready.get("status") != "True":
         return status  # not ready for a reason of its own (publishing, integrity)
-    return status_rollout_failed(status, int(status.get("observedGeneration") or 1), failure[1])
+    return status_rollout_failed(
+        status, int(status.get("observedGeneration") or 1), failure[1], before
+    )
 
 
 def _fields(current: dict[str, Any]) -> dict[str, Any]:

@@ -127,7 +127,7 @@ async def test_a_recorded_version_pins_the_consuming_templates_once(
         "f:spec": {
             "f:template": {
                 "f:metadata": {
-                    "f:annotations": {f"f:{PIN}": {}},
+                    "f:annotations": {f"f:{PIN}": {}, "f:etcdconfig.io/uid.web": {}},
                     "f:labels": {"f:etcdconfig.io/pinned": {}},
                 }
             }

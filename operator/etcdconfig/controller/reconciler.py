@@ -128,6 +128,7 @@ class Reconciler:
             published_to = await self._publish(body, spec, mine, delay)
             if published_to is not None and rt.rollouts is not None:
                 rt.rollouts.schedule(body, spec)
+            failure = await self._rollout_failure(body, spec, mine.version)
             return with_rollout_failure(
                 status_recorded(
                     generation,
@@ -138,7 +139,8 @@ class Reconciler:
                     recorded_now=False,
                     published_to=published_to,
                 ),
-                rt.rollout_failures.get(uid),
+                failure,
+                previous,
             )
 
         data_checksum = checksum(spec.data)
@@ -422,6 +424,22 @@ class Reconciler:
             generation, previous, reason, f"{exc}; retrying in {delay:g}s", head_t
         )
         return RetryLater(str(exc), status, delay)
+
+    async def _rollout_failure(
+        self, body: dict[str, Any], spec: Any, version: int
+    ) -> tuple[int, str] | None:
+        """A failed rollout of ``version`` (docs/rollouts.md), which keeps the status
+        stalled; only Configs that publish versioned ConfigMaps roll out."""
+        target = spec.publish.config_map if spec.publish else None
+        if target is None or not target.versioned or self.rt.rollouts is None:
+            return None
+        meta = body["metadata"]
+        try:
+            return await self.rt.rollouts.failure(
+                meta["namespace"], meta["name"], meta["uid"], version
+            )
+        except EtcdConfigError:
+            return self.rt.rollout_failures.get(meta["uid"])
 
     async def _publish(
         self, body: dict[str, Any], spec: Any, head: Head, delay: float

@@ -39,7 +39,7 @@ from etcdconfig.errors import EtcdConfigError, InvalidConfig
 from etcdconfig.etcd import prefix_end
 from etcdconfig.etcd.types import Compare, Put
 from etcdconfig.kube import KubeError
-from etcdconfig.reconcile import parse_spec, status_rollout_failed
+from etcdconfig.reconcile import ROLLOUT_FAILED, parse_spec, status_rollout_failed
 
 if TYPE_CHECKING:
     from etcdconfig.controller.runtime import Runtime
@@ -79,6 +79,8 @@ def in_window(window: RolloutWindow | None, now: dt.datetime) -> tuple[bool, flo
 
 
 FAILED = ("Failed", "RolledBack")
+#: on a pinned template: which Config incarnation (uid) its pin is a version of
+UID_PREFIX = "etcdconfig.io/uid."
 WATCH_INTERVAL = 1.0
 #: a container waiting for one of these will not start without a change
 _STUCK = {
@@ -113,9 +115,35 @@ def pod_failure(pod: dict[str, Any]) -> str | None:
     return None
 
 
-def _template_pin(w: dict[str, Any], config: str) -> int | None:
+def _template_pin(w: dict[str, Any], config: str, uid: str | None = None) -> int | None:
+    """The version the workload's pod template pins for ``config`` — for the Config
+    incarnation ``uid`` (``etcdconfig.io/uid.<config>``): a pin of an earlier Config of
+    that name (deleted with Purge and created again: its numbering starts over) is no
+    pin of this one."""
     template = ((w.get("spec") or {}).get("template") or {}).get("metadata") or {}
-    return pins.pins(template.get("annotations")).get(config)
+    annotations = template.get("annotations") or {}
+    marker = annotations.get(f"{UID_PREFIX}{config}")
+    if uid is not None and marker is not None and marker != uid:
+        return None
+    return pins.pins(annotations).get(config)
+
+
+def _selector(w: dict[str, Any]) -> str:
+    """The workload's pod selector as a label selector string (matchLabels and
+    matchExpressions); empty when it has none."""
+    sel = (w.get("spec") or {}).get("selector") or {}
+    parts = [f"{k}={v}" for k, v in sorted((sel.get("matchLabels") or {}).items())]
+    for e in sel.get("matchExpressions") or []:
+        key, op, values = e.get("key"), e.get("operator"), e.get("values") or []
+        if op == "In":
+            parts.append(f"{key} in ({','.join(values)})")
+        elif op == "NotIn":
+            parts.append(f"{key} notin ({','.join(values)})")
+        elif op == "Exists":
+            parts.append(str(key))
+        elif op == "DoesNotExist":
+            parts.append(f"!{key}")
+    return ",".join(parts)
 
 
 def _complete(kind: str, w: dict[str, Any], config: str, version: int) -> bool:
@@ -125,10 +153,11 @@ def _complete(kind: str, w: dict[str, Any], config: str, version: int) -> bool:
     st = w.get("status") or {}
     replicas = target["replicas"] or 0
     total = st.get("desiredNumberScheduled") if kind == "DaemonSet" else st.get("replicas")
+    # status leaves zero counts out: a missing count is 0 (a workload scaled to 0)
     return (
         target["version"] == version
         and (st.get("observedGeneration") or 0) >= (w["metadata"].get("generation") or 0)
-        and target["updated"] == replicas
+        and (target["updated"] or 0) == replicas
         and (target["ready"] or 0) == replicas
         and (total or 0) == replicas
     )
@@ -178,6 +207,7 @@ class Rollouts:
         self._timers: dict[str, asyncio.Task[None]] = {}
         self._watchers: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._unpinned: dict[str, tuple[str, ...]] = {}
+        self._known: dict[str, int] = {}  # uid -> the version whose failure is loaded
 
     def schedule(self, body: dict[str, Any], spec: ConfigSpec) -> None:
         """A version of ``body`` is recorded and published: roll the head out after the
@@ -221,6 +251,8 @@ class Rollouts:
         by it, else None."""
         rt = self.rt
         assert rt.store is not None
+        if not self._owned(uid):
+            return None  # the owner rolls it out (a hand-over moved it)
         obj = await rt.kube.get_config(ns, name)
         if obj is None or obj["metadata"]["uid"] != uid or obj["metadata"].get("deletionTimestamp"):
             return None
@@ -255,13 +287,25 @@ class Rollouts:
             note = record[0]
             state, message = str(note["state"]), str(note.get("reason") or "")
             rt.rollout_failures[uid] = (head.version, message)
+            self._known[uid] = head.version
+            current = obj.get("status") or {}
+            if current.get("version") == head.version and not any(
+                c.get("type") == "Stalled" and c.get("reason") == ROLLOUT_FAILED
+                for c in current.get("conditions") or []
+            ):
+                gen = int(obj["metadata"].get("generation") or 1)
+                failed_status = status_rollout_failed(current, gen, message)
+                await rt.kube.patch_status(
+                    ns, name, {"conditions": failed_status["conditions"]},
+                    resource_version=obj["metadata"].get("resourceVersion"),
+                )  # fmt: skip
             back = note.get("rolledBackTo")
             if isinstance(back, int):
                 # finish a rollback cut short; a workload someone moved (rollout undo,
                 # an edit) to another version is left where they put it
                 for kind, obj_w in workloads:
-                    if _template_pin(obj_w, name) in (None, head.version):
-                        await self._pin(kind, obj_w, name, back)
+                    if _template_pin(obj_w, name, uid) in (None, head.version):
+                        await self._pin(kind, obj_w, name, back, uid)
         else:
             rt.rollout_failures.pop(uid, None)
         if state == "Rolling" and not failed:
@@ -273,8 +317,8 @@ class Rollouts:
                 # a rollout under way pins every workload; after it succeeded, only a
                 # workload that names no version yet (a new consumer): one moved back
                 # since (`kubectl rollout undo`) keeps the version it was moved to
-                if not done or _template_pin(obj_w, name) is None:
-                    await self._pin(kind, obj_w, name, head.version)
+                if not done or _template_pin(obj_w, name, uid) is None:
+                    await self._pin(kind, obj_w, name, head.version, uid)
             workloads = await self._consumers(ns, name)
             if record is not None and record[0].get("state") == "Succeeded":
                 state, message = "Succeeded", str(record[0].get("reason") or "")
@@ -296,10 +340,9 @@ class Rollouts:
         ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
         unpinned: list[str] = []
         for _, w in workloads:
-            selector = ((w.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
-            if not selector or _template_pin(w, name) is None:
+            labels = _selector(w)
+            if not labels or _template_pin(w, name, uid) is None:
                 continue
-            labels = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
             for pod in await self.rt.kube.list_namespaced("v1", "pods", ns, labels):
                 pmeta = pod.get("metadata") or {}
                 if pmeta.get("deletionTimestamp"):
@@ -385,18 +428,27 @@ class Rollouts:
         completed: dt.datetime | None = None
         rt = self.rt
         assert rt.store is not None
-        while not rt.stopping:
+        while not rt.stopping and self._owned(uid):
             try:
                 obj = await rt.kube.get_config(ns, name)
                 head = await rt.store.head(ns, name)
                 if obj is None or obj["metadata"]["uid"] != uid or head is None:
                     return
-                if head.uid != uid or head.version != version:
-                    await self._finish(ns, name, uid, version, "Superseded",
-                                       f"version {head.version} was recorded")  # fmt: skip
+                if head.uid != uid:
                     return
                 workloads = await self._consumers(ns, name)
-                problem = await self._problem(ns, name, version, workloads)
+                if head.version != version:
+                    newer = [
+                        v for _, w in workloads
+                        if (v := _template_pin(w, name, uid)) is not None and v > version
+                    ]  # fmt: skip
+                    if newer:  # a newer version is pinned: its own rollout takes over
+                        await self._finish(ns, name, uid, version, "Superseded",
+                                           f"version {max(newer)} rolls out")  # fmt: skip
+                        return
+                    # the newer head is held (paused, window): the workloads still run
+                    # this version, which is watched on
+                problem = await self._problem(ns, name, uid, version, workloads)
                 now = dt.datetime.now(dt.UTC)
                 done = bool(workloads) and all(_complete(k, w, name, version) for k, w in workloads)
                 if problem is None and not done and (now - started).total_seconds() > deadline_s:
@@ -417,36 +469,49 @@ class Rollouts:
                         metrics.ROLLOUTS.labels("Succeeded").inc()
                         log.info("rollout succeeded", extra={"config": f"{ns}/{name}",
                                                              "version": version})  # fmt: skip
-                    await self._report(obj, version, "Succeeded", message, workloads)
+                        if head.version == version:
+                            await self._report(obj, version, "Succeeded", message, workloads)
+                    # else another replica decided: its outcome stands, the resync reports it
                     return
-                await self._report(obj, version, "Rolling", f"version {version} rolls out",
-                                   workloads)  # fmt: skip
+                if head.version == version:
+                    await self._report(obj, version, "Rolling", f"version {version} rolls out",
+                                       workloads)  # fmt: skip
             except (EtcdConfigError, OSError) as exc:
                 log.warning("rollout watch: a read failed; trying again",
                             extra={"config": f"{ns}/{name}", "error": str(exc)})  # fmt: skip
             await asyncio.sleep(WATCH_INTERVAL)  # the poll interval of a bounded watch
 
     async def _problem(
-        self, ns: str, config: str, version: int, workloads: list[tuple[str, dict[str, Any]]]
+        self,
+        ns: str,
+        config: str,
+        uid: str,
+        version: int,
+        workloads: list[tuple[str, dict[str, Any]]],
     ) -> str | None:
         """Why the rollout of ``version`` failed, if it did: a workload's own progress
-        deadline, or a pod of the version that crashes or cannot start."""
+        deadline (once its controller has seen the pinned template: an older one's does
+        not count), or a pod of the version (of this incarnation) that crashes or cannot
+        start."""
         for kind, w in workloads:
             where = f"{kind}/{w['metadata']['name']}"
-            for cond in (w.get("status") or {}).get("conditions") or []:
-                if (
-                    cond.get("type") == "Progressing"
-                    and cond.get("reason") == "ProgressDeadlineExceeded"
-                ):
-                    return f"{where}: ProgressDeadlineExceeded ({cond.get('message', '')})"
-            selector = ((w.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
-            if not selector:
+            st = w.get("status") or {}
+            if (st.get("observedGeneration") or 0) >= (w["metadata"].get("generation") or 0):
+                for cond in st.get("conditions") or []:
+                    if (cond.get("type"), cond.get("reason")) == (
+                        "Progressing",
+                        "ProgressDeadlineExceeded",
+                    ):
+                        return f"{where}: ProgressDeadlineExceeded ({cond.get('message', '')})"
+            labels = _selector(w)
+            if not labels:
                 continue
-            labels = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
             for pod in await self.rt.kube.list_namespaced("v1", "pods", ns, labels):
                 annotations = (pod.get("metadata") or {}).get("annotations") or {}
                 if pins.pins(annotations).get(config) != version:
                     continue
+                if annotations.get(f"{UID_PREFIX}{config}", uid) != uid:
+                    continue  # a pod of an earlier incarnation's version of that number
                 why = pod_failure(pod)
                 if why is not None:
                     return f"{where}: pod {pod['metadata']['name']} {why}"
@@ -472,27 +537,30 @@ class Rollouts:
             state = "Failed"
             why = "autoRollback is off" if not auto else "no earlier version rolled out healthy"
             message = f"version {version} failed: {problem}; not rolled back ({why})"
-        if not await self._finish(
-            ns,
-            name,
-            uid,
-            version,
-            state,
-            message,
-            rolled_back_to=back if state == "RolledBack" else None,
-        ):
+        assert self.rt.store is not None
+        head = await self.rt.store.head(ns, name)
+        if head is None or head.uid != uid:
+            return
+        to = back if state == "RolledBack" else None
+        if not await self._finish(ns, name, uid, version, state, message, rolled_back_to=to):
             return  # another replica finished it first: its outcome stands
         if state == "RolledBack":
             assert back is not None
-            for kind, w in workloads:
-                await self._pin(kind, w, name, back)
-        self.rt.rollout_failures[uid] = (version, message)
+            # only workloads still on the failed version: one a newer head was pinned
+            # to meanwhile (or someone moved) is not pulled back
+            for kind, w in await self._consumers(ns, name):
+                if _template_pin(w, name, uid) == version:
+                    await self._pin(kind, w, name, back, uid)
+        if head.version == version:
+            self.rt.rollout_failures[uid] = (version, message)
+            self._known[uid] = version
         metrics.ROLLOUTS.labels(state).inc()
         log.warning("rollout failed", extra={"config": f"{ns}/{name}", "version": version,
                                              "state": state, "reason": problem})  # fmt: skip
         await self.rt.kube.event(obj, "Warning", "RolloutFailed", message)
         fresh = await self.rt.kube.get_config(ns, name)
-        if fresh is not None and fresh["metadata"]["uid"] == uid:
+        status_version = ((fresh or {}).get("status") or {}).get("version")
+        if fresh is not None and fresh["metadata"]["uid"] == uid and status_version == version:
             current = fresh.get("status") or {}
             failed = status_rollout_failed(
                 current, int(fresh["metadata"].get("generation") or 1), message
@@ -500,6 +568,23 @@ class Rollouts:
             await self.rt.kube.patch_status(ns, name, {"conditions": failed["conditions"]})
             workloads = await self._consumers(ns, name)
             await self._report(fresh, version, state, message, workloads)
+
+    def _owned(self, uid: str) -> bool:
+        membership = self.rt.membership
+        return membership is None or bool(membership.owns(uid))
+
+    async def failure(self, ns: str, name: str, uid: str, version: int) -> tuple[int, str] | None:
+        """The rollout failure of ``version`` (from its record in etcd, read once per
+        version and replica, then kept by the watcher), for the status a reconcile
+        builds: a restart or a new owner must not report a failed version Ready."""
+        if self._known.get(uid) != version:
+            found = await self._read_record(ns, name, uid, version)
+            if found is not None and found[0].get("state") in FAILED:
+                self.rt.rollout_failures[uid] = (version, str(found[0].get("reason") or ""))
+            else:
+                self.rt.rollout_failures.pop(uid, None)
+            self._known[uid] = version
+        return self.rt.rollout_failures.get(uid)
 
     async def _read_record(
         self, ns: str, name: str, uid: str, version: int
@@ -598,13 +683,19 @@ class Rollouts:
                                                "targets": len(workloads)})  # fmt: skip
         return result.succeeded
 
-    async def _pin(self, kind: str, obj: dict[str, Any], config: str, version: int) -> None:
+    async def _pin(
+        self, kind: str, obj: dict[str, Any], config: str, version: int, uid: str
+    ) -> None:
         meta = obj["metadata"]
         template = ((obj.get("spec") or {}).get("template") or {}).get("metadata") or {}
         annotation = f"{pins.PIN_PREFIX}{config}"
-        if (template.get("annotations") or {}).get(annotation) == str(version) and (
-            template.get("labels") or {}
-        ).get(pins.PINNED_LABEL) == "true":
+        marker = f"{UID_PREFIX}{config}"
+        current = template.get("annotations") or {}
+        if (
+            current.get(annotation) == str(version)
+            and current.get(marker) == uid
+            and (template.get("labels") or {}).get(pins.PINNED_LABEL) == "true"
+        ):
             return  # already there: nothing to apply
         body = {
             "apiVersion": "apps/v1",
@@ -614,7 +705,7 @@ class Rollouts:
                 "template": {
                     "metadata": {
                         "labels": {pins.PINNED_LABEL: "true"},
-                        "annotations": {annotation: str(version)},
+                        "annotations": {annotation: str(version), marker: uid},
                     }
                 }
             },
