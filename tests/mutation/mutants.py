@@ -785,4 +785,36 @@ MUTANTS: tuple[Mutant, ...] = (
             "tests/unit/test_rollout_units.py::test_a_failed_rollout_stalls_the_status_of_its_version_only",
         ),
     ),
+    Mutant(
+        id="M59",
+        file="operator/etcdconfig/controller/rollouts.py",
+        guard="a progress deadline of an older template fails the new version",
+        original='            if (st.get("observedGeneration") or 0) >= (w["metadata"].get("generation") or 0):\n',
+        replacement="            if True:\n",
+        tests=(
+            "tests/e2e/test_adversarial_rollouts.py::test_a_progress_deadline_of_an_older_generation_does_not_fail_the_new_version",
+        ),
+        timeout=300.0,
+    ),
+    Mutant(
+        id="M60",
+        file="operator/etcdconfig/controller/rollouts.py",
+        guard="a rollback pulls back workloads already pinned to a newer head",
+        original="                if _template_pin(w, name, uid) == version:\n",
+        replacement="                if True:\n",
+        tests=(
+            "tests/unit/test_adversarial_rollouts_units.py::test_a_rollback_decided_for_an_old_head_does_not_undo_the_new_heads_rollout",
+        ),
+    ),
+    Mutant(
+        id="M61",
+        file="operator/etcdconfig/controller/rollouts.py",
+        guard="a pin of an earlier incarnation counts as a pin of this one",
+        original="    if uid is not None and marker is not None and marker != uid:\n",
+        replacement="    if False:\n",
+        tests=(
+            "tests/e2e/test_adversarial_rollouts.py::test_a_purged_and_recreated_config_rolls_its_new_version_1_out",
+        ),
+        timeout=300.0,
+    ),
 )
