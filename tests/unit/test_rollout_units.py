@@ -130,3 +130,16 @@ def test_a_failed_rollout_stalls_the_status_of_its_version_only() -> None:
     assert failed["version"] == 7
     assert with_rollout_failure(status, (6, "older")) is status  # a newer version resumes
     assert with_rollout_failure(status, None) is status
+
+
+def test_a_pin_of_an_earlier_incarnation_is_no_pin_of_this_one() -> None:
+    from etcdconfig.controller.rollouts import _template_pin
+
+    def w(annotations: dict[str, str]) -> dict[str, Any]:
+        return {"spec": {"template": {"metadata": {"annotations": annotations}}}}
+
+    pinned = {"etcdconfig.io/version.cfg": "1", "etcdconfig.io/uid.cfg": "uid-old"}
+    assert _template_pin(w(pinned), "cfg", "uid-new") is None  # Purge, created again
+    assert _template_pin(w(pinned), "cfg", "uid-old") == 1
+    assert _template_pin(w({"etcdconfig.io/version.cfg": "1"}), "cfg", "uid-new") == 1
+    assert _template_pin(w(pinned), "cfg") == 1  # no incarnation asked for
