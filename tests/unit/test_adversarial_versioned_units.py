@@ -349,3 +349,15 @@ def test_held_the_webhook_refuses_a_version_of_another_incarnation() -> None:
     rt.store.record(1, {"n": 666}, "uid-earlier")  # Retain, then re-create: v1 is not ours
     assert asyncio.run(pinning.pin(rt, pinned_pod("1"), dryrun=False)) is None  # type: ignore[arg-type]
     assert "app-cm-v1" not in rt.kube.cms
+
+
+def test_a_faithful_copy_owned_by_another_config_is_not_pinned_to() -> None:
+    """A ConfigMap of the versioned name that holds exactly version 1 (labels,
+    annotations, content, immutable) but belongs to another Config (its ownerReference):
+    not this Config's, so no pod is pinned to it (the ownership check, not only the
+    content check, guards the pin)."""
+    rt, _body, _head = world(2, keep=3)
+    cm = rt.kube.cms["app-cm-v1"]
+    cm["metadata"]["ownerReferences"][0]["uid"] = "uid-of-another-config"
+    changed = asyncio.run(pinning.pin(rt, pinned_pod("1"), dryrun=False))  # type: ignore[arg-type]
+    assert changed is None
