@@ -143,7 +143,7 @@ def test_demo_installs_the_chart_on_a_node_and_reruns_without_overwriting(tmp_pa
         wide = plane.kubectl("get", "cfg", "-n", "default", "-o", "wide").stdout
         assert wide.split("\n")[0].split() == [
             "NAME", "VERSION", "CHECKSUM", "READY", "AGE", "MESSAGE",
-            "REASON", "GENERATION", "OBSERVED", "RECORDED",
+            "REASON", "GENERATION", "OBSERVED", "RECORDED", "ROLLOUT",
         ]  # fmt: skip
         assert "version 2 is the head" in wide
         explain = plane.kubectl("explain", "config.spec.history").stdout
