@@ -386,6 +386,85 @@ def test_a_missing_permission_is_reported_with_the_exact_verb(
     )
 
 
+def test_versioned_configmaps_and_rollouts_work_with_the_charts_permissions(
+    release: Release, namespace: str, built_images: dict[str, images.Image]
+) -> None:
+    """The chart's role lets the operator pods collect versioned ConfigMaps (list them
+    and every kind that may refer to one, delete) and roll a Deployment, a StatefulSet
+    and a DaemonSet (patch) — each scaled so that no pod runs: the permissions are what
+    is proven here (tests/node/test_rollouts_node.py runs pods)."""
+    plane = release.plane
+    image = built_images["operator"].ref
+
+    def workload(kind: str) -> dict[str, Any]:
+        spec: dict[str, Any] = {
+            "selector": {"matchLabels": {"app": kind.lower()}},
+            "template": {
+                "metadata": {"labels": {"app": kind.lower()}},
+                "spec": {
+                    "nodeSelector": {"etcdconfig.io/no-such-node": "true"},
+                    "containers": [{"name": "c", "image": image, "imagePullPolicy": "Never"}],
+                },
+            },
+        }
+        if kind != "DaemonSet":
+            spec["replicas"] = 0
+        if kind == "StatefulSet":
+            spec["serviceName"] = "none"
+        return {
+            "apiVersion": "apps/v1",
+            "kind": kind,
+            "metadata": {"name": kind.lower(), "namespace": namespace,
+                         "annotations": {"etcdconfig.io/configs": "flags"}},
+            "spec": spec,
+        }  # fmt: skip
+
+    def flags(n: int, paused: bool) -> str:
+        return json.dumps({
+            "apiVersion": "etcdconfig.io/v1alpha1", "kind": "Config",
+            "metadata": {"name": "flags", "namespace": namespace},
+            "spec": {
+                "data": {"n": n},
+                "publish": {"configMap": {"name": "flags", "versioned": True, "keep": 1}},
+                "rollout": {"paused": paused, "debounceSeconds": 0, "bakeSeconds": 0},
+            },
+        })  # fmt: skip
+
+    for kind in ("Deployment", "StatefulSet", "DaemonSet"):
+        plane.kubectl("apply", "-f", "-", input=json.dumps(workload(kind)))
+    # paused: nothing pins a template yet, so the collection deletes v1 and v2
+    for n in (1, 2, 3):
+        plane.kubectl("apply", "-f", "-", input=flags(n, paused=True))
+        wait_for(f"version {n}", lambda n=n: recorded(plane, namespace, "flags", n))
+
+    def versioned() -> set[str]:
+        out = plane.kubectl(
+            "get", "configmaps", "-n", namespace, "-l", "etcdconfig.io/version", "-o", "json"
+        )
+        return {cm["metadata"]["name"] for cm in json.loads(out.stdout)["items"]}
+
+    wait_for("only flags-v3 left", lambda: versioned() == {"flags-v3"})
+    plane.kubectl("apply", "-f", "-", input=flags(4, paused=False))
+
+    def pinned() -> bool:
+        for kind in ("deployment", "statefulset", "daemonset"):
+            out = plane.kubectl("get", kind, kind, "-n", namespace, "-o", "json")
+            meta = json.loads(out.stdout)["spec"]["template"]["metadata"]
+            if (meta.get("annotations") or {}).get("etcdconfig.io/version.flags") != "4":
+                return False
+        return True
+
+    wait_for("every workload pinned to version 4", pinned, timeout=60)
+    state = wait_for(
+        "the rollout of version 4 succeeded",
+        lambda: (
+            (status_of(plane, namespace, "flags").get("rollout") or {}).get("state") == "Succeeded"
+        ),
+        timeout=120,
+    )
+    assert state
+
+
 def test_helm_uninstall_keeps_the_crd_the_configs_and_their_history(
     release: Release, namespace: str, built_images: dict[str, images.Image]
 ) -> None:
