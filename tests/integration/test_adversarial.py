@@ -735,7 +735,14 @@ async def test_stale_bodies_after_delete_and_recreate_write_nothing_through_the_
             asked.append(name)
             return {"metadata": {"uid": "u2", "namespace": ns, "name": name}}
 
-    rt = SimpleNamespace(store=replica.store, locks=replica.locks, kube=Kube())
+    rt = SimpleNamespace(
+        store=replica.store,
+        locks=replica.locks,
+        kube=Kube(),
+        intact={},
+        rollouts=None,
+        rollout_failures={},
+    )
     reconciler = Reconciler(rt)  # type: ignore[arg-type]
     try:
         await replica.record(change(1, "u1"))

@@ -90,6 +90,9 @@ async def _replica(client: EtcdClient, prefix: str, rid: str) -> SimpleNamespace
         kube=_Kube(),
         validator=Validator(),
         settings=SimpleNamespace(etcd_prefix=prefix),
+        intact={},
+        rollouts=None,
+        rollout_failures={},
     )
 
 

@@ -166,7 +166,7 @@ def build_registry(runtime: Runtime, reconciler: Reconciler) -> kopf.OperatorReg
         "pods",
         registry=registry,
         id=PIN_WEBHOOK_ID,
-        operation="CREATE",
+        operations={"CREATE"},
         labels={PINNED_LABEL: kopf.PRESENT},
     )
     async def pin_pod(body: kopf.Body, patch: kopf.Patch, dryrun: bool, **_: Any) -> None:
