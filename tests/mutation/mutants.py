@@ -815,4 +815,34 @@ MUTANTS: tuple[Mutant, ...] = (
             "tests/unit/test_rollout_units.py::test_a_pin_of_an_earlier_incarnation_is_no_pin_of_this_one",
         ),
     ),
+    Mutant(
+        id="M62",
+        file="operator/etcdconfig/controller/rollouts.py",
+        guard="a replica that no longer owns the Config keeps watching its rollout",
+        original="        return membership is None or bool(membership.owns(uid))\n",
+        replacement="        return True\n",
+        tests=(
+            "tests/unit/test_adversarial_rollouts_units.py::test_a_replica_that_no_longer_owns_the_config_stops_watching_and_writing",
+        ),
+    ),
+    Mutant(
+        id="M63",
+        file="operator/etcdconfig/controller/rollouts.py",
+        guard="a rollout's outcome is written over another replica's",
+        original='                [Compare.mod_revision(key, "=", revision)],\n',
+        replacement="                [],\n",
+        tests=(
+            "tests/unit/test_adversarial_rollouts_units.py::test_one_record_per_version_and_one_outcome_per_record",
+        ),
+    ),
+    Mutant(
+        id="M64",
+        file="operator/etcdconfig/controller/rollouts.py",
+        guard="a second rollout record is started for one version",
+        original='            [Compare.create_revision(key, "=", 0)],\n',
+        replacement="            [],\n",
+        tests=(
+            "tests/unit/test_adversarial_rollouts_units.py::test_one_record_per_version_and_one_outcome_per_record",
+        ),
+    ),
 )

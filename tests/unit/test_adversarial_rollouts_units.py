@@ -384,3 +384,27 @@ async def test_held_a_crash_of_the_head_rolls_back_to_the_last_succeeded_once() 
     assert kube.applied == ["1"]
     assert state_of(etcd, 3) == "RolledBack"
     await rollouts.close()
+
+
+async def test_one_record_per_version_and_one_outcome_per_record() -> None:
+    """The record is created only if absent, and moved from Started only once: a second
+    replica's start and a second outcome change nothing (the two compares in etcd)."""
+    rt, _kube, etcd, _store = world(2)
+    rollouts = ro.Rollouts(rt)
+    assert await rollouts._record(NS, NAME, UID, 2, []) is True
+    first = etcd.kvs[ro.rollout_key(PREFIX, NS, NAME, UID, 2)].value
+    rt.settings.replica_id = "r1"
+    assert await rollouts._record(NS, NAME, UID, 2, []) is False
+    assert etcd.kvs[ro.rollout_key(PREFIX, NS, NAME, UID, 2)].value == first
+
+    real_get = etcd.get
+
+    async def get_then_decided_elsewhere(key: bytes, **kw: Any) -> Any:
+        found = await real_get(key, **kw)
+        if key == ro.rollout_key(PREFIX, NS, NAME, UID, 2) and state_of(etcd, 2) == "Started":
+            put_record(etcd, 2, "RolledBack", reason="decided by r0", rolledBackTo=1)
+        return found
+
+    etcd.get = get_then_decided_elsewhere  # type: ignore[method-assign]
+    assert await rollouts._finish(NS, NAME, UID, 2, "Succeeded", "late") is False
+    assert state_of(etcd, 2) == "RolledBack"
