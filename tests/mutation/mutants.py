@@ -845,4 +845,14 @@ MUTANTS: tuple[Mutant, ...] = (
             "tests/unit/test_adversarial_rollouts_units.py::test_one_record_per_version_and_one_outcome_per_record",
         ),
     ),
+    Mutant(
+        id="M65",
+        file="operator/etcdconfig/controller/versioned.py",
+        guard="a ConfigMap a pod was pinned to a moment ago is collected",
+        original='        if cm_meta["name"] in referenced or _pinned_lately(cm_meta, now):\n',
+        replacement='        if cm_meta["name"] in referenced:\n',
+        tests=(
+            "tests/unit/test_adversarial_versioned_units.py::test_a_configmap_pinned_to_lately_is_not_collected",
+        ),
+    ),
 )
