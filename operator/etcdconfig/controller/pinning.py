@@ -144,14 +144,8 @@ async def _versioned_target(
 def _holds(cm: dict[str, Any], version: int, checksum: str, content: dict[str, str]) -> bool:
     """The versioned ConfigMap of exactly this version: labelled and annotated with it,
     its data's checksum the record's, immutable, holding the version's content."""
-    meta = cm.get("metadata") or {}
-    labels, annotations = meta.get("labels") or {}, meta.get("annotations") or {}
-    return (
-        labels.get(versioned.VERSION_LABEL) == str(version)
-        and annotations.get(publish.VERSION_ANNOTATION) == str(version)
-        and annotations.get(publish.CHECKSUM_ANNOTATION) == checksum
-        and cm.get("immutable") is True
-        and dict(cm.get("data") or {}) == content
+    return versioned.labelled(cm, _Version(version, checksum)) and (
+        dict(cm.get("data") or {}) == content
     )
 
 

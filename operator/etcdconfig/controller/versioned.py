@@ -140,7 +140,7 @@ async def ensure(
                     "spec.publish.configMap.name",
                     stalled=True,
                 )
-            if _labelled(cm, head) and target.format == "json":
+            if labelled(cm, head) and target.format == "json":
                 # json is judged by the checksum of the key's JSON: no etcd read
                 data = dict(cm.get("data") or {})
                 if set(data) == {target.key} and (
@@ -155,7 +155,7 @@ async def ensure(
                 created = True
                 break
             continue  # created meanwhile: read it and judge it
-        if _labelled(cm, head) and dict(cm.get("data") or {}) == content:
+        if labelled(cm, head) and dict(cm.get("data") or {}) == content:
             break
         if cm_meta.get("deletionTimestamp"):
             return mutable.Refusal(
@@ -190,8 +190,8 @@ async def ensure(
     return None
 
 
-def _labelled(cm: dict[str, Any], head: Head) -> bool:
-    """Annotated and labelled with the head's version and checksum, and immutable."""
+def labelled(cm: dict[str, Any], head: VersionLike) -> bool:
+    """Annotated and labelled with ``head``'s version and checksum, and immutable."""
     cm_meta = cm.get("metadata") or {}
     annotations = cm_meta.get("annotations") or {}
     labels = cm_meta.get("labels") or {}
