@@ -21,8 +21,13 @@ ReplicaSet, ``kubectl rollout undo``) names the older version, and gets it.
 from __future__ import annotations
 
 import copy
+import json
 import re
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 CONFIGS_ANNOTATION = "etcdconfig.io/configs"
 PIN_PREFIX = "etcdconfig.io/version."
@@ -107,3 +112,88 @@ def rewrite(spec: dict[str, Any], names: dict[str, str]) -> tuple[dict[str, Any]
 def pinned_to(rewritten: dict[str, str]) -> str:
     """The ``etcdconfig.io/pinned-to`` annotation: ``plain=versioned`` pairs, sorted."""
     return ",".join(f"{k}={v}" for k, v in sorted(rewritten.items()))
+
+
+#: a rollout record's states: Started, then exactly one of the others
+ROLLOUT_STATES = ("Started", "Succeeded", "RolledBack", "Failed", "Superseded")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One rollout record (``<prefix>/rollouts/<ns>/<name>/<uid>/<version>``): which
+    version was rolled out to which workloads, when, and how it ended. Operational
+    records beside the history, not versions: no checksum chain covers them."""
+
+    version: int
+    uid: str
+    state: str
+    targets: tuple[str, ...] = ()
+    started_at: str = ""
+    ended_at: str | None = None
+    reason: str = ""
+    rolled_back_to: int | None = None
+
+    @classmethod
+    def parse(cls, raw: bytes | str) -> Outcome | None:
+        """The record, or None when it is not one (unreadable, or without a version,
+        a uid or a known state): a listing shows what it can read and skips the rest."""
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            return None
+        return cls.from_json(obj)
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Outcome | None:
+        """As :meth:`parse`, from the decoded record (or the history API's copy of it)."""
+        if not isinstance(obj, dict):
+            return None
+        version, uid, state = obj.get("version"), obj.get("uid"), obj.get("state")
+        if type(version) is not int or not isinstance(uid, str) or state not in ROLLOUT_STATES:
+            return None
+        back = obj.get("rolledBackTo")
+        targets = obj.get("targets")
+        return cls(
+            version=version,
+            uid=uid,
+            state=state,
+            targets=tuple(str(t) for t in targets) if isinstance(targets, list) else (),
+            started_at=str(obj.get("startedAt") or ""),
+            ended_at=str(obj["endedAt"]) if obj.get("endedAt") else None,
+            reason=str(obj.get("reason") or ""),
+            rolled_back_to=back if type(back) is int else None,
+        )
+
+    def label(self) -> str:
+        """The ROLLOUT column of ``etcdconfig history``: ``Succeeded``, ``RolledBack to
+        v2``, ``Failed``, ``Superseded``, ``Started`` (under way)."""
+        if self.state == "RolledBack" and self.rolled_back_to is not None:
+            return f"RolledBack to v{self.rolled_back_to}"
+        return self.state
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "version": self.version,
+            "uid": self.uid,
+            "state": self.state,
+            "targets": list(self.targets),
+            "startedAt": self.started_at,
+        }
+        if self.ended_at is not None:
+            out["endedAt"] = self.ended_at
+        if self.reason:
+            out["reason"] = self.reason
+        if self.rolled_back_to is not None:
+            out["rolledBackTo"] = self.rolled_back_to
+        return out
+
+
+def outcomes(values: Iterable[bytes | str]) -> list[Outcome]:
+    """The rollout records among ``values`` (raw record bytes), oldest version first;
+    what does not parse is skipped."""
+    return ordered(Outcome.parse(v) for v in values)
+
+
+def ordered(found: Iterable[Outcome | None]) -> list[Outcome]:
+    """The outcomes (None: one that did not parse, skipped), oldest version first."""
+    return sorted((o for o in found if o is not None), key=lambda o: (o.version, o.started_at))

@@ -4,6 +4,7 @@ etcd path admins use; RBAC per namespace; the namespace of the kubeconfig's cont
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -19,6 +20,8 @@ from tests.e2e.operator_env import BIN, apply, config_manifest, get, wait_observ
 
 from etcdconfig.devenv import build
 from etcdconfig.devenv.controlplane import ControlPlane
+from etcdconfig.etcd import EtcdClient, EtcdSettings
+from etcdconfig.store.keys import Keys
 
 __all__ = ["history_api"]  # the fixture, imported for this module
 
@@ -70,6 +73,39 @@ def one_line_error(proc: subprocess.CompletedProcess[str], code: int) -> str:
     return lines[0]
 
 
+ROLLOUTS: dict[int, dict[str, Any]] = {
+    1: {"state": "Succeeded", "endedAt": "2026-12-07T10:01:00.000+00:00"},
+    2: {
+        "state": "RolledBack",
+        "rolledBackTo": 1,
+        "reason": "version 2 failed: Deployment/web: pod web-1: CrashLoopBackOff",
+        "endedAt": "2026-12-07T10:02:00.000+00:00",
+    },
+}
+
+
+def put_rollout(api: HistoryApi, ns: str, uid: str, version: int, outcome: dict[str, Any]) -> None:
+    record = {
+        "config": f"{ns}/cart",
+        "uid": uid,
+        "version": version,
+        "targets": ["Deployment/web"],
+        "startedAt": f"2026-12-07T10:00:0{version}.000+00:00",
+        "startedBy": "r1",
+        **outcome,
+    }
+    key = Keys(api.operator.prefix).rollout(ns, "cart", uid, version)
+
+    async def put() -> None:
+        client = EtcdClient(EtcdSettings(endpoints=[api.operator.etcd_endpoint]))
+        try:
+            await client.put(key, json.dumps(record, sort_keys=True).encode())
+        finally:
+            await client.close()
+
+    asyncio.run(put())
+
+
 @pytest.fixture(scope="module")
 def shop(control_plane: ControlPlane, history_api: HistoryApi) -> Iterator[str]:
     """``cart`` with versions 1..3 in a namespace of its own, and ``vault`` in another."""
@@ -80,6 +116,10 @@ def shop(control_plane: ControlPlane, history_api: HistoryApi) -> Iterator[str]:
         m["spec"]["data"] = {"size": size}
         apply(control_plane, m)
         wait_observed(control_plane, ns, "cart")
+    # two rollout records beside the history, as the operator writes them
+    uid = get(control_plane, ns, "cart")["metadata"]["uid"]
+    for version, outcome in ROLLOUTS.items():
+        put_rollout(history_api, ns, uid, version, outcome)
     yield ns
     control_plane.kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found")
 
@@ -123,6 +163,16 @@ def test_history_json_through_the_api(history_api: HistoryApi, shop: str) -> Non
     doc = json.loads(plugin(history_api, "history", f"{shop}/cart", "-o", "json").stdout)
     assert doc["config"] == f"{shop}/cart" and doc["state"] == "live"
     assert [v["version"] for v in doc["versions"]] == [3, 2, 1]
+    assert [(o["version"], o["state"], o.get("rolledBackTo")) for o in doc["rollouts"]] == [
+        (2, "RolledBack", 1),
+        (1, "Succeeded", None),
+    ]
+    assert doc["rollouts"][0]["reason"] == ROLLOUTS[2]["reason"]
+    table = plugin(history_api, "history", f"{shop}/cart").stdout.splitlines()
+    assert table[0].split()[-1] == "ROLLOUT"
+    assert [line.split()[0] for line in table[1:]] == ["3", "2", "1"]
+    assert table[2].rstrip().endswith("RolledBack to v1")
+    assert table[3].rstrip().endswith("Succeeded")
 
 
 def test_a_reader_reads_its_namespace_only_and_gets_its_context_namespace(

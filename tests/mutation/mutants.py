@@ -855,4 +855,26 @@ MUTANTS: tuple[Mutant, ...] = (
             "tests/unit/test_adversarial_versioned_units.py::test_a_configmap_pinned_to_lately_is_not_collected",
         ),
     ),
+    Mutant(
+        id="M66",
+        file="operator/etcdconfig/store/store.py",
+        guard="the commit that prunes versions leaves their rollout records behind",
+        original="            # and the outcomes of rolling them out: nothing can roll back to them now\n"
+        "            success.append(\n",
+        replacement="            # and the outcomes of rolling them out: nothing can roll back to them now\n"
+        "            (lambda op: None)(\n",
+        tests=(
+            "tests/integration/test_rollout_records.py::test_retention_removes_the_rollout_records_of_the_versions_it_prunes",
+        ),
+    ),
+    Mutant(
+        id="M67",
+        file="operator/etcdconfig/store/store.py",
+        guard="a Purge leaves the incarnation's rollout records behind",
+        original="        if purged:  # the outcomes of this uid's rollouts go with its versions\n",
+        replacement="        if False:  # the outcomes of this uid's rollouts go with its versions\n",
+        tests=(
+            "tests/integration/test_rollout_records.py::test_purge_removes_the_uids_rollout_records_and_retain_keeps_them",
+        ),
+    ),
 )

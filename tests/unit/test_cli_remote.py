@@ -339,7 +339,16 @@ def test_history_json_is_built_from_confighistory_and_configversions(
     code, out, err = run(capsys, "history", REF, "-o", "json")
     assert (code, err) == (0, "")
     doc = json.loads(out)
-    assert list(doc) == ["config", "state", "head", "versions", "events", "incarnations", "next"]
+    assert list(doc) == [
+        "config",
+        "state",
+        "head",
+        "versions",
+        "events",
+        "incarnations",
+        "rollouts",
+        "next",
+    ]
     assert doc["config"] == REF and doc["state"] == "live" and doc["next"] is None
     assert [v["version"] for v in doc["versions"]] == [4, 3, 2, 1]
     assert all("data" not in v for v in doc["versions"])

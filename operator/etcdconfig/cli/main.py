@@ -71,6 +71,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from etcdconfig.gitops import Management
+    from etcdconfig.rollout import Outcome
     from etcdconfig.store.records import Incarnation
 
 __all__ = ["EXIT_ERROR", "EXIT_INTEGRITY", "EXIT_NOT_FOUND", "EXIT_USAGE", "Exit", "main"]
@@ -258,9 +259,10 @@ class _Source(Protocol):
 
     async def page(
         self, ns: str, name: str, limit: int, before: int | None
-    ) -> tuple[list[VersionRecord], int | None, Head | None, list[Incarnation]]:
-        """Versions newest first, the next page's cursor, the head, the incarnations;
-        ``NotFound`` when the store holds nothing of the Config."""
+    ) -> tuple[list[VersionRecord], int | None, Head | None, list[Incarnation], list[Outcome]]:
+        """Versions newest first, the next page's cursor, the head, the incarnations,
+        the rollout records (every incarnation's, oldest version first); ``NotFound``
+        when the store holds nothing of the Config."""
         ...
 
     async def verified(
@@ -276,13 +278,13 @@ class _EtcdSource:
 
     async def page(
         self, ns: str, name: str, limit: int, before: int | None
-    ) -> tuple[list[VersionRecord], int | None, Head | None, list[Incarnation]]:
+    ) -> tuple[list[VersionRecord], int | None, Head | None, list[Incarnation], list[Outcome]]:
         records, cursor = await self.store.history(ns, name, limit=limit, before=before)
         head = await self.store.head(ns, name)
         incarnations = await self.store.incarnations(ns, name)
         if head is None and not records and not incarnations:
             raise _no_history(self.store, ns, name)
-        return records, cursor, head, incarnations
+        return records, cursor, head, incarnations, await self.store.rollouts(ns, name)
 
     async def verified(
         self, ns: str, name: str, version: int | None
@@ -311,12 +313,12 @@ class _ApiSource:
 
     async def page(
         self, ns: str, name: str, limit: int, before: int | None
-    ) -> tuple[list[VersionRecord], int | None, Head | None, list[Incarnation]]:
+    ) -> tuple[list[VersionRecord], int | None, Head | None, list[Incarnation], list[Outcome]]:
         history = await self._history(ns, name)
         records, cursor = await self.api.versions(
             ns, name, limit=limit, before=before, head=history.head
         )
-        return records, cursor, history.head, history.incarnations
+        return records, cursor, history.head, history.incarnations, history.rollouts
 
     async def verified(
         self, ns: str, name: str, version: int | None
@@ -375,7 +377,12 @@ def cmd_history(args: argparse.Namespace) -> int:
     wide = args.output == "wide"
 
     async def go(source: _Source) -> int:
-        records, cursor, head, incarnations = await source.page(ns, name, args.limit, args.before)
+        records, cursor, head, incarnations, rollouts = await source.page(
+            ns, name, args.limit, args.before
+        )
+        # a version's rollout: its record by (uid, version); the column once any exists
+        rolled = {(o.uid, o.version): o for o in rollouts}
+        shown = [rolled[(r.uid, r.version)] for r in records if (r.uid, r.version) in rolled]
         state = config_state(head)
         events = events_for(incarnations, records, head)
         rows = merge(records, events, first_page=args.before is None)
@@ -386,6 +393,7 @@ def cmd_history(args: argparse.Namespace) -> int:
             "versions": [r.summary() for r in records],
             "events": [e.to_json() for e in rows if isinstance(e, Event)],
             "incarnations": [inc.to_json() for inc in incarnations],
+            "rollouts": [o.to_json() for o in shown],  # as the versions: newest first
             "next": cursor,
         }
         if args.output in ("table", "wide") and not records and head is not None and head.deleted:
@@ -393,12 +401,16 @@ def cmd_history(args: argparse.Namespace) -> int:
             sys.stdout.write(f"{_deleted_note(ns, name, head)}; no version remains\n")
             return 0
         columns = ["VERSION", "GENERATION", "CHECKSUM", "RECORDED", "AUTHOR", "ORIGIN", "CAUSE"]
+        with_rollouts = bool(rollouts)
+        if with_rollouts:
+            columns.append("ROLLOUT")
         if wide:
             columns += ["UID", "RECORDED-BY", "FENCING"]
         t = table(*columns)
         for row in rows:
             if isinstance(row, Event):
                 cells = ["-", "", "", row.at, "", row.label, ""]
+                cells += [""] if with_rollouts else []
                 t.add_row(*cells, *(["", "", ""] if wide else []))
                 continue
             r = row
@@ -414,6 +426,9 @@ def cmd_history(args: argparse.Namespace) -> int:
                 _origin(r),
                 str(r.author.get("changeCause", "")),
             ]
+            if with_rollouts:
+                outcome = rolled.get((r.uid, r.version))
+                cells.append(outcome.label() if outcome is not None else "")
             if wide:
                 cells += [r.uid, r.recorded_by, str(r.fencing_revision)]
             t.add_row(*cells)

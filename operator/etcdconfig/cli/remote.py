@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -28,6 +28,7 @@ import yaml
 from etcdconfig.canonical import loads
 from etcdconfig.controller.history_api import API_VERSION, CONFIG_LABEL, ENVELOPE, GROUP, VERSION
 from etcdconfig.errors import CorruptRecord, EtcdConfigError, NotFound
+from etcdconfig.rollout import Outcome, ordered
 from etcdconfig.store.integrity import VERIFY_HINT, describe, load_record
 from etcdconfig.store.records import Head, Incarnation, dump
 
@@ -230,6 +231,7 @@ class RemoteHistory:
     head: Head | None
     incarnations: list[Incarnation]
     retained: tuple[int, int] | None  # (oldest, newest) version kept; None: none is
+    rollouts: list[Outcome] = field(default_factory=list)  # oldest version first
 
     def retained_text(self) -> str:
         """As the etcd path says it: ``retained: 3..12`` or ``no version is retained``."""
@@ -275,7 +277,8 @@ def history_of(obj: dict[str, Any], namespace: str, name: str) -> RemoteHistory:
         and retained.get("newest") is not None
     ):
         span = (int(retained["oldest"]), int(retained["newest"]))
-    return RemoteHistory(head, incarnations, span)
+    rollouts = ordered(Outcome.from_json(raw) for raw in obj.get("rollouts") or [])
+    return RemoteHistory(head, incarnations, span, rollouts)
 
 
 def _version_of(obj: dict[str, Any], name: str) -> int:

@@ -38,6 +38,7 @@ from aiohttp import web
 
 from etcdconfig.errors import Compacted, CorruptRecord, EtcdConfigError
 from etcdconfig.etcd import prefix_end
+from etcdconfig.rollout import outcomes
 from etcdconfig.store import Head
 from etcdconfig.store.integrity import VERIFY_HINT, describe, load_record
 from etcdconfig.store.keys import Keys
@@ -535,6 +536,9 @@ class HistoryStore:
                 "oldest": int(low.kvs[0].key.decode().rsplit("/", 1)[1]),
                 "newest": int(high.kvs[0].key.decode().rsplit("/", 1)[1]),
             }
+        rollouts = self.keys.rollouts(ns, name)
+        res = await self.client.range(rollouts, prefix_end(rollouts), revision=revision)
+        obj["rollouts"] = [o.to_json() for o in outcomes(kv.value for kv in res.kvs)]
         return obj
 
 

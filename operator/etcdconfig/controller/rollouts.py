@@ -40,6 +40,7 @@ from etcdconfig.etcd import prefix_end
 from etcdconfig.etcd.types import Compare, Put
 from etcdconfig.kube import KubeError
 from etcdconfig.reconcile import ROLLOUT_FAILED, parse_spec, status_rollout_failed
+from etcdconfig.store.keys import Keys
 
 if TYPE_CHECKING:
     from etcdconfig.controller.runtime import Runtime
@@ -59,7 +60,7 @@ PLURALS = {kind: plural for _, plural, kind in WORKLOADS}
 
 
 def rollout_key(prefix: str, ns: str, name: str, uid: str, version: int) -> bytes:
-    return f"{prefix.rstrip('/')}/rollouts/{ns}/{name}/{uid}/{version:020d}".encode()
+    return Keys(prefix).rollout(ns, name, uid, version)
 
 
 def in_window(window: RolloutWindow | None, now: dt.datetime) -> tuple[bool, float]:

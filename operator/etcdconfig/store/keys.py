@@ -33,6 +33,18 @@ class Keys:
     def incarnation(self, namespace: str, name: str, uid: str) -> bytes:
         return f"{self.config(namespace, name)}/incarnations/{uid}".encode()
 
+    def rollouts(self, namespace: str, name: str) -> bytes:
+        """Every incarnation's rollout records of ``namespace/name`` (docs/rollouts.md)."""
+        return f"{self.root}/rollouts/{namespace}/{name}/".encode()
+
+    def rollouts_of(self, namespace: str, name: str, uid: str) -> bytes:
+        return f"{self.root}/rollouts/{namespace}/{name}/{uid}/".encode()
+
+    def rollout(self, namespace: str, name: str, uid: str, version: int) -> bytes:
+        """The outcome of rolling ``version`` of incarnation ``uid`` out (not a version
+        record: written by the rollout, never part of the checksum chain)."""
+        return f"{self.root}/rollouts/{namespace}/{name}/{uid}/{version:020d}".encode()
+
     def configs(self) -> bytes:
         return f"{self.root}/configs/".encode()
 

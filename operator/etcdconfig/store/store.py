@@ -37,6 +37,7 @@ from etcdconfig.errors import (
     ValidationIssue,
 )
 from etcdconfig.etcd import Compare, DeleteRange, EtcdClient, KeyValue, Put, Range
+from etcdconfig.rollout import Outcome, outcomes
 from etcdconfig.store.integrity import describe, load_record
 from etcdconfig.store.keys import Keys
 from etcdconfig.store.records import (
@@ -205,6 +206,13 @@ class VersionedStore:
         ]
         cursor = page[-1].version if res.more and page else None
         return page, cursor
+
+    async def rollouts(self, namespace: str, name: str) -> list[Outcome]:
+        """The rollout records of every incarnation of ``namespace/name``, oldest version
+        first (docs/rollouts.md); records that do not parse are skipped."""
+        prefix = self.keys.rollouts(namespace, name)
+        res = await self.client.range(prefix, self.keys.end(prefix))
+        return outcomes(kv.value for kv in res.kvs)
 
     async def list_configs(self) -> list[tuple[str, str]]:
         """Every (namespace, name) with a head in the store, sorted."""
@@ -422,6 +430,13 @@ class VersionedStore:
             success.append(
                 DeleteRange(self.keys.versions(ns, name), self.keys.version(ns, name, oldest_kept))
             )
+            # and the outcomes of rolling them out: nothing can roll back to them now
+            success.append(
+                DeleteRange(
+                    self.keys.rollouts_of(ns, name, uid),
+                    self.keys.rollout(ns, name, uid, oldest_kept),
+                )
+            )
         # read the version back inside the same transaction: etcd applies the ops in
         # order, so this returns what it stored (post-update integrity, no extra round trip)
         success.append(Range(version_key))
@@ -613,6 +628,9 @@ class VersionedStore:
             ops.append(
                 DeleteRange(self.keys.version(ns, name, low), self.keys.version(ns, name, last + 1))
             )
+        if purged:  # the outcomes of this uid's rollouts go with its versions
+            rollouts = self.keys.rollouts_of(ns, name, uid)
+            ops.append(DeleteRange(rollouts, self.keys.end(rollouts)))
         if head is None or head.deleted or owns_head:
             pointer: tuple[int, str | None, str | None] = (
                 (head.version, head.checksum, head.record_checksum) if head else (0, None, None)
