@@ -373,3 +373,26 @@ async def test_scan_patch_of_a_copy_changed_meanwhile_is_dropped(rt: Runtime) ->
     await Resync(rt, Reconciler(rt)).verify_one(obj.get())
     assert [who for who, _ in obj.patches][-1] == "other"
     assert cond(obj, "Intact")["status"] == "True"
+
+
+async def test_a_violation_whose_patch_lost_the_race_is_written_again(rt: Runtime) -> None:
+    """A violation is never dropped for a 409: the scan re-reads the object and writes
+    it onto the newer status (a clean verdict, in contrast, is dropped: it may be stale)."""
+    obj = await record_two_versions(rt)
+    await tamper_version(rt, 1)
+    real_get = rt.kube.get_config
+    reads = 0
+
+    async def someone_writes_after_the_first_read(ns: str, name: str) -> Any:
+        nonlocal reads
+        fresh = await real_get(ns, name)
+        reads += 1
+        if reads == 1:
+            obj.patch("other", {"note": "newer"}, None)
+        return fresh
+
+    rt.kube.get_config = someone_writes_after_the_first_read  # type: ignore[method-assign]
+    await Resync(rt, Reconciler(rt)).verify_one(obj.get())
+    assert [who for who, _ in obj.patches][-2:] == ["other", "resync"]
+    assert obj.status["note"] == "newer"
+    assert summary(obj) == VIOLATED

@@ -877,4 +877,34 @@ MUTANTS: tuple[Mutant, ...] = (
             "tests/integration/test_rollout_records.py::test_purge_removes_the_uids_rollout_records_and_retain_keeps_them",
         ),
     ),
+    Mutant(
+        id="M68",
+        file="operator/etcdconfig/controller/versioned.py",
+        guard="an earlier plain ConfigMap of the versioned name is taken over",
+        original='            if VERSION_LABEL not in (cm_meta.get("labels") or {}):\n',
+        replacement="            if False:\n",
+        tests=(
+            "tests/unit/test_adversarial_versioned_units.py::test_a_plain_configmap_of_the_versioned_name_is_refused_and_left_untouched",
+        ),
+    ),
+    Mutant(
+        id="M69",
+        file="operator/etcdconfig/controller/pinning.py",
+        guard="the webhook pins to a ConfigMap without touching it (a collection in flight deletes it)",
+        original="        touched = await rt.kube.patch_config_map(\n",
+        replacement="        touched = True or await rt.kube.patch_config_map(\n",
+        tests=(
+            "tests/unit/test_adversarial_versioned_units.py::test_a_pod_admitted_during_a_collection_keeps_the_version_it_was_pinned_to",
+        ),
+    ),
+    Mutant(
+        id="M70",
+        file="operator/etcdconfig/controller/loops.py",
+        guard="an integrity violation whose status patch lost the race (409) is dropped",
+        original="        for attempt in range(3):\n",
+        replacement="        for attempt in range(1):\n",
+        tests=(
+            "tests/integration/test_adversarial_integrity_status.py::test_a_violation_whose_patch_lost_the_race_is_written_again",
+        ),
+    ),
 )

@@ -382,3 +382,28 @@ def test_a_configmap_pinned_to_lately_is_not_collected() -> None:
     )
     done = asyncio.run(versioned.collect(rt, body, target_of(body), head))  # type: ignore[arg-type]
     assert done.deleted == ["app-cm-v1"]
+
+
+def test_a_plain_configmap_of_the_versioned_name_is_refused_and_left_untouched() -> None:
+    """An earlier plain ConfigMap of this Config holds the name ``app-cm-v1`` (it
+    published ``app-cm-v1`` as its plain name once): publishing version 1 versioned
+    refuses, naming it, and neither rewrites nor deletes what consumers may still read."""
+    rt = FakeRuntime()
+    body = config(f"uid-{next(_uids)}")
+    rt.kube.configs[NAME] = body
+    head = rt.store.record(1, {"n": 1}, body["metadata"]["uid"])
+    plain = versioned.new_config_map(
+        body, target_of(body), head, publish.json_content({"n": 0}, "config.json")
+    )
+    del plain["metadata"]["labels"][versioned.VERSION_LABEL]
+    rt.kube.put(plain)
+    before = copy.deepcopy(rt.kube.cms)
+    refusal = asyncio.run(versioned.ensure(rt, body, target_of(body), head))  # type: ignore[arg-type]
+    assert refusal is not None
+    assert (refusal.reason, refusal.stalled) == ("ConfigMapNotVersioned", True)
+    assert refusal.message == (
+        f"ConfigMap {NS}/app-cm-v1 was published by this Config but is no versioned "
+        f"ConfigMap (no {versioned.VERSION_LABEL} label: an earlier plain ConfigMap of that "
+        "name); it is left untouched: delete it, or choose another spec.publish.configMap.name"
+    )
+    assert rt.kube.cms == before
