@@ -18,6 +18,7 @@ import pytest
 from etcdconfig.controller import rollouts as ro
 from etcdconfig.etcd.types import KeyValue, RangeResult, TxnResult
 from etcdconfig.store import Head
+from etcdconfig.store.keys import Keys
 
 NS, NAME, UID = "prod", "web", "uid-1"
 PREFIX = "/p"
@@ -188,6 +189,7 @@ def config_body(version: int, **rollout: Any) -> dict[str, Any]:
 class FakeStore:
     def __init__(self, version: int) -> None:
         self.version = version
+        self.keys = Keys(PREFIX)
 
     async def head(self, ns: str, name: str) -> Head:
         return Head(version=self.version, uid=UID, generation=self.version, checksum="c",
@@ -389,12 +391,13 @@ async def test_held_a_crash_of_the_head_rolls_back_to_the_last_succeeded_once() 
 async def test_one_record_per_version_and_one_outcome_per_record() -> None:
     """The record is created only if absent, and moved from Started only once: a second
     replica's start and a second outcome change nothing (the two compares in etcd)."""
-    rt, _kube, etcd, _store = world(2)
+    rt, _kube, etcd, store = world(2)
     rollouts = ro.Rollouts(rt)
-    assert await rollouts._record(NS, NAME, UID, 2, []) is True
+    head = await store.head(NS, NAME)
+    assert await rollouts._record(NS, NAME, UID, head, []) is True
     first = etcd.kvs[ro.rollout_key(PREFIX, NS, NAME, UID, 2)].value
     rt.settings.replica_id = "r1"
-    assert await rollouts._record(NS, NAME, UID, 2, []) is False
+    assert await rollouts._record(NS, NAME, UID, head, []) is False
     assert etcd.kvs[ro.rollout_key(PREFIX, NS, NAME, UID, 2)].value == first
 
     real_get = etcd.get
@@ -406,5 +409,5 @@ async def test_one_record_per_version_and_one_outcome_per_record() -> None:
         return found
 
     etcd.get = get_then_decided_elsewhere  # type: ignore[method-assign]
-    assert await rollouts._finish(NS, NAME, UID, 2, "Succeeded", "late") is False
+    assert await rollouts._finish(NS, NAME, UID, 2, "Succeeded", "late") == ro.DECIDED
     assert state_of(etcd, 2) == "RolledBack"

@@ -189,6 +189,7 @@ class Resync:
             return
         try:
             problems = await self.rt.store.verify(ns, name)
+            await self.rt.store.prune_rollouts(ns, name)
         except EtcdConfigError as exc:
             log.warning(
                 "integrity scan failed", extra={"config": f"{ns}/{name}", "error": str(exc)}

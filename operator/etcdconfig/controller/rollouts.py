@@ -45,6 +45,7 @@ from etcdconfig.store.keys import Keys
 if TYPE_CHECKING:
     from etcdconfig.controller.runtime import Runtime
     from etcdconfig.models import ConfigSpec, RolloutWindow
+    from etcdconfig.store import Head
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ def in_window(window: RolloutWindow | None, now: dt.datetime) -> tuple[bool, flo
 
 
 FAILED = ("Failed", "RolledBack")
+#: what :meth:`Rollouts._finish` did
+FINISHED, DECIDED, GONE, TARGET_GONE = "finished", "decided", "gone", "target-gone"
 #: on a pinned template: which Config incarnation (uid) its pin is a version of
 UID_PREFIX = "etcdconfig.io/uid."
 WATCH_INTERVAL = 1.0
@@ -311,8 +314,10 @@ class Rollouts:
             rt.rollout_failures.pop(uid, None)
         if state == "Rolling" and not failed:
             if record is None:
-                await self._record(ns, name, uid, head.version, workloads)
+                await self._record(ns, name, uid, head, workloads)
                 record = await self._read_record(ns, name, uid, head.version)
+                if record is None:
+                    return None  # the head moved (a newer version, a deletion): not this one
             done = record is not None and record[0].get("state") == "Succeeded"
             for kind, obj_w in workloads:
                 # a rollout under way pins every workload; after it succeeded, only a
@@ -466,7 +471,7 @@ class Rollouts:
                     message = (
                         f"version {version} runs on every replica of {len(workloads)} workload(s)"
                     )
-                    if await self._finish(ns, name, uid, version, "Succeeded", message):
+                    if await self._finish(ns, name, uid, version, "Succeeded", message) == FINISHED:
                         metrics.ROLLOUTS.labels("Succeeded").inc()
                         log.info("rollout succeeded", extra={"config": f"{ns}/{name}",
                                                              "version": version})  # fmt: skip
@@ -529,22 +534,45 @@ class Rollouts:
     ) -> None:
         meta = obj["metadata"]
         ns, name = meta["namespace"], meta["name"]
-        back = await self._last_succeeded(ns, name, uid, version)
         auto = settings.auto_rollback if settings else True
-        if auto and back is not None:
-            state = "RolledBack"
-            message = f"version {version} failed: {problem}; rolled back to version {back}"
-        else:
-            state = "Failed"
-            why = "autoRollback is off" if not auto else "no earlier version rolled out healthy"
-            message = f"version {version} failed: {problem}; not rolled back ({why})"
         assert self.rt.store is not None
         head = await self.rt.store.head(ns, name)
-        if head is None or head.uid != uid:
+        if head is None or head.uid != uid or head.deleted:
             return
-        to = back if state == "RolledBack" else None
-        if not await self._finish(ns, name, uid, version, state, message, rolled_back_to=to):
+        for attempt in range(3):
+            target = await self._last_succeeded(ns, name, uid, version) if auto else None
+            if attempt == 2:
+                target = None  # the targets kept going: record the failure without one
+            back = target[0] if target is not None else None
+            if back is not None:
+                state = "RolledBack"
+                message = f"version {version} failed: {problem}; rolled back to version {back}"
+            else:
+                state = "Failed"
+                why = (
+                    "autoRollback is off"
+                    if not auto
+                    else "no earlier version rolled out healthy"
+                    if attempt < 2
+                    else "each version to go back to was pruned meanwhile"
+                )
+                message = f"version {version} failed: {problem}; not rolled back ({why})"
+            outcome = await self._finish(
+                ns, name, uid, version, state, message, rolled_back_to=target
+            )
+            if outcome != TARGET_GONE:
+                break
+        if outcome == DECIDED:
             return  # another replica finished it first: its outcome stands
+        if outcome == GONE:
+            # retention pruned the version (and its record) while it was watched: there
+            # is no record to write, and nothing older to go back to; still say it broke
+            state = "Failed"
+            message = (
+                f"version {version} failed: {problem}; not rolled back (retention pruned it "
+                "meanwhile: spec.history.maxVersions)"
+            )
+            back = None
         if state == "RolledBack":
             assert back is not None
             # only workloads still on the failed version: one a newer head was pinned
@@ -584,7 +612,10 @@ class Rollouts:
                 self.rt.rollout_failures[uid] = (version, str(found[0].get("reason") or ""))
             else:
                 self.rt.rollout_failures.pop(uid, None)
-            self._known[uid] = version
+            if found is not None and found[0].get("state") != "Started":
+                # an outcome never changes: read once; one under way (or none yet) is
+                # read again, since another replica may decide it (a hand-over and back)
+                self._known[uid] = version
         return self.rt.rollout_failures.get(uid)
 
     async def _read_record(
@@ -595,9 +626,12 @@ class Rollouts:
         if kv is None:
             return None
         try:
-            return dict(json.loads(kv.value)), int(kv.mod_revision)
+            record = json.loads(kv.value)
         except ValueError:
             return None
+        if not isinstance(record, dict):
+            return None  # not a rollout record: as if there were none
+        return record, int(kv.mod_revision)
 
     async def _finish(
         self,
@@ -608,18 +642,26 @@ class Rollouts:
         state: str,
         reason: str,
         *,
-        rolled_back_to: int | None = None,
-    ) -> bool:
+        rolled_back_to: tuple[int, int] | None = None,
+    ) -> str:
         """Move the version's record from Started to ``state`` (compare-and-swap on its
-        mod revision): True if this call did; False if it was finished already."""
+        mod revision). ``rolled_back_to``: (version, mod revision of its record), also
+        compared. Returns ``FINISHED`` if this call did it; ``DECIDED`` if the record was
+        finished already (another replica's outcome stands); ``GONE`` if there is no
+        record (retention pruned the version meanwhile); ``TARGET_GONE`` if the
+        rollback's target record changed or went (choose again)."""
         key = rollout_key(self.rt.settings.etcd_prefix, ns, name, uid, version)
+        also = []
+        if rolled_back_to is not None:
+            target = rollout_key(self.rt.settings.etcd_prefix, ns, name, uid, rolled_back_to[0])
+            also.append(Compare.mod_revision(target, "=", rolled_back_to[1]))
         for _ in range(3):
             found = await self._read_record(ns, name, uid, version)
             if found is None:
-                return False
+                return GONE
             record, revision = found
             if record.get("state") != "Started":
-                return False
+                return DECIDED
             record.update(
                 state=state,
                 reason=reason,
@@ -627,28 +669,37 @@ class Rollouts:
                 endedBy=self.rt.settings.replica_id,
             )
             if rolled_back_to is not None:
-                record["rolledBackTo"] = rolled_back_to
+                record["rolledBackTo"] = rolled_back_to[0]
             result = await self.rt.client.txn(
-                [Compare.mod_revision(key, "=", revision)],
+                [Compare.mod_revision(key, "=", revision), *also],
                 [Put(key, json.dumps(record, sort_keys=True).encode())],
             )
             if result.succeeded:
-                return True
-        return False
+                return FINISHED
+            if also:
+                found = await self._read_record(ns, name, uid, version)
+                if found is not None and found[1] == revision:
+                    return TARGET_GONE  # our record is as read: the target's compare failed
+        return DECIDED
 
-    async def _last_succeeded(self, ns: str, name: str, uid: str, below: int) -> int | None:
-        """The newest version below ``below`` whose rollout succeeded."""
-        prefix = rollout_key(self.rt.settings.etcd_prefix, ns, name, uid, 0)[:-20]
+    async def _last_succeeded(
+        self, ns: str, name: str, uid: str, below: int
+    ) -> tuple[int, int] | None:
+        """The newest version below ``below`` of this incarnation whose rollout
+        succeeded, with its record's mod revision (a rollback to it is recorded only
+        while that record — and so the version: retention prunes both at once — is
+        there); records that do not parse are skipped."""
+        prefix = Keys(self.rt.settings.etcd_prefix).rollouts_of(ns, name, uid)
         result = await self.rt.client.range(prefix, prefix_end(prefix))
-        best = None
+        best: tuple[int, int] | None = None
         for kv in result.kvs:
-            try:
-                record = json.loads(kv.value)
-            except ValueError:
+            o = pins.Outcome.parse(kv.value)
+            if o is None or o.uid != uid or o.state != "Succeeded" or o.version >= below:
                 continue
-            v = record.get("version")
-            if record.get("state") == "Succeeded" and isinstance(v, int) and v < below:
-                best = v if best is None else max(best, v)
+            if kv.key != rollout_key(self.rt.settings.etcd_prefix, ns, name, uid, o.version):
+                continue  # a record under another version's key: not that version's
+            if best is None or o.version > best[0]:
+                best = (o.version, int(kv.mod_revision))
         return best
 
     async def _consumers(self, ns: str, name: str) -> list[tuple[str, dict[str, Any]]]:
@@ -660,11 +711,14 @@ class Rollouts:
         return out
 
     async def _record(
-        self, ns: str, name: str, uid: str, version: int, workloads: list[tuple[str, Any]]
+        self, ns: str, name: str, uid: str, head: Head, workloads: list[tuple[str, Any]]
     ) -> bool:
-        """Create the version's rollout record unless one exists; True if this call
-        created it."""
+        """Create the head's rollout record unless one exists, and only while the head is
+        as read (a Purge or a newer version meanwhile: no record is left behind that
+        nothing deletes); True if this call created it."""
         rt = self.rt
+        assert rt.store is not None
+        version = head.version
         key = rollout_key(rt.settings.etcd_prefix, ns, name, uid, version)
         record = {
             "config": f"{ns}/{name}",
@@ -676,7 +730,10 @@ class Rollouts:
             "state": "Started",
         }
         result = await rt.client.txn(
-            [Compare.create_revision(key, "=", 0)],
+            [
+                Compare.create_revision(key, "=", 0),
+                Compare.mod_revision(rt.store.keys.head(ns, name), "=", head.mod_revision),
+            ],
             [Put(key, json.dumps(record, sort_keys=True).encode())],
         )
         if result.succeeded:

@@ -214,6 +214,36 @@ class VersionedStore:
         res = await self.client.range(prefix, self.keys.end(prefix))
         return outcomes(kv.value for kv in res.kvs)
 
+    async def prune_rollouts(self, namespace: str, name: str) -> int:
+        """Delete the rollout records, of any incarnation, of versions below the oldest
+        one retained: a later incarnation's retention prunes an earlier one's versions
+        but only its own records. Run by the integrity scan; returns how many went."""
+        ns = namespace
+        start = self.keys.versions(ns, name)
+        low = await self.client.range(start, self.keys.end(start), limit=1, keys_only=True)
+        if not low.kvs:
+            return 0  # nothing retained: the records stay with the history (Retain)
+        oldest = int(low.kvs[0].key.decode().rsplit("/", 1)[1])
+        prefix = self.keys.rollouts(ns, name)
+        found = await self.client.range(prefix, self.keys.end(prefix), keys_only=True)
+        stale: dict[str, int] = {}
+        for kv in found.kvs:
+            uid, _, number = kv.key[len(prefix) :].decode(errors="replace").partition("/")
+            if number.isdigit() and int(number) < oldest:
+                stale[uid] = stale.get(uid, 0) + 1
+        if not stale:
+            return 0
+        await self.client.txn(
+            [],
+            [
+                DeleteRange(
+                    self.keys.rollouts_of(ns, name, uid), self.keys.rollout(ns, name, uid, oldest)
+                )
+                for uid in sorted(stale)
+            ],
+        )
+        return sum(stale.values())
+
     async def list_configs(self) -> list[tuple[str, str]]:
         """Every (namespace, name) with a head in the store, sorted."""
         start = self.keys.configs()
