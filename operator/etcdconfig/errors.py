@@ -37,6 +37,12 @@ class RequestTooLarge(EtcdError):
     """A request exceeded etcd's ``--max-request-bytes``."""
 
 
+class StoreFull(EtcdError):
+    """etcd refused a write: its database reached ``--quota-backend-bytes`` and the
+    NOSPACE alarm is raised. Nothing was written; reads still work. It clears only when
+    an admin frees space and disarms the alarm (docs/operations.md#etcd-space)."""
+
+
 class Compacted(EtcdError):
     """A read or watch asked for a revision etcd has already compacted."""
 

@@ -135,6 +135,36 @@ PUBLISH_REFUSALS = Counter(
     registry=REGISTRY,
 )
 
+# --- etcd's space (controller/space.py, docs/operations.md#etcd-space) -------------------------
+ETCD_DB_SIZE = Gauge(
+    "etcdconfig_etcd_db_size_bytes",
+    "Size of the store's etcd database file on the member that answered (what "
+    "--quota-backend-bytes limits), as the last space check read it.",
+    registry=REGISTRY,
+)
+ETCD_DB_SIZE_IN_USE = Gauge(
+    "etcdconfig_etcd_db_size_in_use_bytes",
+    "Bytes of the store's etcd database in use (the rest is free pages a defragmentation "
+    "gives back).",
+    registry=REGISTRY,
+)
+ETCD_DB_QUOTA = Gauge(
+    "etcdconfig_etcd_db_quota_bytes",
+    "The store's etcd --quota-backend-bytes (0: etcd before 3.6 does not report it).",
+    registry=REGISTRY,
+)
+ETCD_NOSPACE = Gauge(
+    "etcdconfig_etcd_nospace",
+    "1 while the store's etcd has its NOSPACE alarm raised: every write is refused and "
+    "nothing is recorded until an admin frees space and disarms the alarm.",
+    registry=REGISTRY,
+)
+STORE_FULL_REFUSALS = Counter(
+    "etcdconfig_store_full_total",
+    "Reconciles of a Config that could not record because etcd was out of space.",
+    registry=REGISTRY,
+)
+
 # --- per-Config state -------------------------------------------------------------------------
 # One series per Config and state (kube-state-metrics style): 1 for the state the Config is
 # in, 0 for the others, set by the replica that owns the Config whenever it works out the

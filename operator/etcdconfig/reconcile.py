@@ -434,15 +434,19 @@ def status_pending(
     reason: str,
     message: str,
     head: tuple[int | None, str | None, str | None],
+    *,
+    stalled: bool = False,
 ) -> dict[str, Any]:
-    """etcd unreachable, lock busy, …: the operator keeps retrying with backoff."""
+    """etcd unreachable, lock busy, …: the operator keeps retrying with backoff.
+    ``stalled``: retried too, but only an admin's action helps (etcd out of space):
+    kstatus and the GitOps tools read Failed / Degraded, not in progress forever."""
     b = StatusBuilder(generation, previous)
     b.set("Ready", False, reason, message)
     b.keep("Valid", (None, "NotValidated", "not validated yet"))
     b.set("Recorded", False, reason, message)
     b.keep("Intact", (None, "NotVerified", "not verified yet"))
-    b.set("Reconciling", True, reason, message)
-    b.set("Stalled", False, reason, "")
+    b.set("Reconciling", not stalled, reason, "" if stalled else message)
+    b.set("Stalled", stalled, reason, message if stalled else "")
     return b.build(**head_fields(*head))
 
 

@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     resync_interval: float = 60.0
     integrity_interval: float = 600.0
     resync_concurrency: int = 8
+    # etcd's space (controller/space.py): seconds between checks of the database size and
+    # alarms, and the share of --quota-backend-bytes at which the operator warns
+    space_check_interval: float = Field(default=30.0, gt=0)
+    space_warn_ratio: float = Field(default=0.8, gt=0, le=1)
 
     # serving
     http_addr: str = "0.0.0.0"

@@ -257,7 +257,12 @@ async def test_session_keeper_survives_a_non_etcd_failure_while_replacing_a_lost
     await rt.start()
     try:
         assert rt.session is not None and rt.membership is not None
-        assert set(rt.supervisor.tasks) == {"session-keeper", "membership-watch", "lock-sweeper"}
+        assert set(rt.supervisor.tasks) == {
+            "session-keeper",
+            "membership-watch",
+            "lock-sweeper",
+            "space-watch",
+        }
         first = rt.session.lease_id
         failed_leases: list[int] = []
         real_join = rt.membership.join

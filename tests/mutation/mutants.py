@@ -907,4 +907,104 @@ MUTANTS: tuple[Mutant, ...] = (
             "tests/integration/test_adversarial_integrity_status.py::test_a_violation_whose_patch_lost_the_race_is_written_again",
         ),
     ),
+    Mutant(
+        id="M71",
+        file="operator/etcdconfig/controller/rollouts.py",
+        guard="a rollout record is created after the head moved (a Purge leaves it behind)",
+        original='                Compare.mod_revision(rt.store.keys.head(ns, name), "=", head.mod_revision),\n',
+        replacement="",
+        tests=(
+            "tests/integration/test_adversarial_rollout_records.py::test_review_a_purge_during_a_roll_leaves_a_record_nothing_ever_deletes",
+        ),
+    ),
+    Mutant(
+        id="M72",
+        file="operator/etcdconfig/controller/rollouts.py",
+        guard="a rollout record that is not a JSON object breaks the reconcile",
+        original="        if not isinstance(record, dict):\n            return None  # not a rollout record: as if there were none\n",
+        replacement="",
+        tests=(
+            "tests/integration/test_adversarial_rollout_records.py::test_review_a_head_record_that_is_not_an_object_breaks_the_reconcile",
+        ),
+    ),
+    Mutant(
+        id="M73",
+        file="operator/etcdconfig/controller/rollouts.py",
+        guard="an outcome under way is cached: a hand-over and back reports a rolled-back head Ready",
+        original='            if found is not None and found[0].get("state") != "Started":\n',
+        replacement="            if True:\n",
+        tests=(
+            "tests/integration/test_adversarial_rollout_records.py::test_review_a_hand_over_leaves_the_new_owner_reporting_a_rolled_back_head_ready",
+        ),
+    ),
+    Mutant(
+        id="M74",
+        file="operator/etcdconfig/controller/rollouts.py",
+        guard="a rollback is recorded to a version pruned meanwhile",
+        original='                [Compare.mod_revision(key, "=", revision), *also],\n',
+        replacement='                [Compare.mod_revision(key, "=", revision)],\n',
+        tests=(
+            "tests/integration/test_adversarial_rollout_records.py::test_review_a_rollback_is_recorded_to_a_version_pruned_meanwhile",
+        ),
+    ),
+    Mutant(
+        id="M75",
+        file="operator/etcdconfig/controller/rollouts.py",
+        guard="the failure of a version pruned while watched is dropped silently",
+        original="        if outcome == GONE:\n",
+        replacement="        if outcome == GONE:\n            return\n",
+        tests=(
+            "tests/integration/test_adversarial_rollout_records.py::test_review_pruning_the_watched_versions_record_silences_its_failure",
+        ),
+    ),
+    Mutant(
+        id="M76",
+        file="operator/etcdconfig/store/store.py",
+        guard="the scan leaves an earlier incarnation's rollout records below the retained versions",
+        original="            if number.isdigit() and int(number) < oldest:\n",
+        replacement="            if False:\n",
+        tests=(
+            "tests/integration/test_adversarial_rollout_records.py::test_review_retention_by_a_later_incarnation_orphans_the_earlier_ones_records",
+        ),
+    ),
+    Mutant(
+        id="M77",
+        file="operator/etcdconfig/controller/rollouts.py",
+        guard="a rollout record that does not parse stops the rollback",
+        original='            if o is None or o.uid != uid or o.state != "Succeeded" or o.version >= below:\n',
+        replacement='            if o.uid != uid or o.state != "Succeeded" or o.version >= below:  # type: ignore[union-attr]\n',
+        tests=(
+            "tests/integration/test_adversarial_rollout_records.py::test_review_a_record_that_is_not_an_object_kills_the_rollback",
+        ),
+    ),
+    Mutant(
+        id="M78",
+        file="operator/etcdconfig/etcd/client.py",
+        guard="a write refused for lack of space is reported as a request too large",
+        original='    if "database space exceeded" in details:\n',
+        replacement="    if False:\n",
+        tests=(
+            "tests/integration/test_etcd_space.py::test_a_full_etcd_records_nothing_and_recovers_once_space_is_freed",
+        ),
+    ),
+    Mutant(
+        id="M79",
+        file="operator/etcdconfig/controller/reconciler.py",
+        guard="a Config etcd has no space for reports itself in progress, not stalled",
+        original="            reason, stalled = STORE_FULL, True\n",
+        replacement="            reason, stalled = STORE_FULL, False\n",
+        tests=(
+            "tests/e2e/test_etcd_space_operator.py::test_a_full_etcd_stalls_the_change_says_why_and_records_it_once_space_is_freed",
+        ),
+    ),
+    Mutant(
+        id="M80",
+        file="operator/etcdconfig/controller/reconciler.py",
+        guard="every retry of a Config etcd has no space for emits another Event",
+        original='            if not (was and was.get("status") == "True" and was.get("reason") == STORE_FULL):\n',
+        replacement="            if True:\n",
+        tests=(
+            "tests/e2e/test_etcd_space_operator.py::test_a_full_etcd_stalls_the_change_says_why_and_records_it_once_space_is_freed",
+        ),
+    ),
 )

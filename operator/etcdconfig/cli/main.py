@@ -126,6 +126,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         "lock_ttl",
         "resync_interval",
         "integrity_interval",
+        "space_check_interval",
+        "space_warn_ratio",
         "http_addr",
         "http_port",
         "webhook_enabled",
@@ -1182,6 +1184,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--resync-interval", dest="resync_interval", type=float)
     p.add_argument("--integrity-interval", dest="integrity_interval", type=float)
+    p.add_argument(
+        "--space-check-interval",
+        dest="space_check_interval",
+        type=float,
+        help="seconds between checks of etcd's database size and alarms (default 30)",
+    )
+    p.add_argument(
+        "--space-warn-ratio",
+        dest="space_warn_ratio",
+        type=float,
+        help="share of etcd's --quota-backend-bytes at which the operator warns (default 0.8)",
+    )
     p.add_argument("--http-addr", dest="http_addr")
     p.add_argument("--http-port", dest="http_port", type=int)
     p.add_argument("--webhook", dest="webhook_enabled", action="store_true", default=None)

@@ -21,8 +21,10 @@ from etcdconfig.errors import (
     OwnerUnconfirmed,
     StaleIncarnation,
     StoreError,
+    StoreFull,
     UnsupportedFormat,
 )
+from etcdconfig.etcd.client import NOSPACE_HINT
 from etcdconfig.kube import KubeError
 from etcdconfig.models import CHANGE_CAUSE_ANNOTATION
 from etcdconfig.reconcile import (
@@ -61,6 +63,10 @@ class RetryLater(Exception):
 def _position(head: Head | None) -> tuple[int, str | None] | None:
     """Which version a head names (its record checksum tells a re-recorded one apart)."""
     return None if head is None else (head.version, head.record_checksum)
+
+
+#: the reason of a Config whose commit etcd refused for lack of space
+STORE_FULL = "StoreFull"
 
 
 def _condition(status: dict[str, Any], type_: str) -> dict[str, Any] | None:
@@ -397,7 +403,11 @@ class Reconciler:
         head_t: tuple[int | None, str | None, str | None] | None,
         delay: float,
     ) -> RetryLater:
-        if isinstance(exc, EtcdPermissionDenied):
+        stalled = False
+        if isinstance(exc, StoreFull):
+            reason, stalled = STORE_FULL, True
+            metrics.STORE_FULL_REFUSALS.inc()
+        elif isinstance(exc, EtcdPermissionDenied):
             reason = "EtcdPermissionDenied"
         elif isinstance(exc, LockError):
             reason = type(exc).__name__
@@ -420,9 +430,19 @@ class Reconciler:
                 "delay": delay,
             },
         )
-        status = status_pending(
-            generation, previous, reason, f"{exc}; retrying in {delay:g}s", head_t
-        )
+        message = f"{exc}; retrying in {delay:g}s"
+        if stalled:
+            space = self.rt.space
+            sizes = f" ({space.text()})" if space is not None else ""
+            message = (
+                f"etcd is out of space{sizes}: generation {generation} is not recorded "
+                f"({NOSPACE_HINT}); it is recorded by itself once etcd has space again, "
+                f"retrying in {delay:g}s"
+            )
+            was = _condition({"conditions": previous}, "Stalled")
+            if not (was and was.get("status") == "True" and was.get("reason") == STORE_FULL):
+                self.rt.kube.event_soon(body, "Warning", STORE_FULL, message)
+        status = status_pending(generation, previous, reason, message, head_t, stalled=stalled)
         return RetryLater(str(exc), status, delay)
 
     async def _rollout_failure(

@@ -14,6 +14,7 @@ from etcdconfig import metrics
 from etcdconfig.concurrency import ConfigLocks, Session
 from etcdconfig.concurrency.membership import Membership
 from etcdconfig.controller.rollouts import Rollouts
+from etcdconfig.controller.space import Space, SpaceWatch
 from etcdconfig.controller.supervisor import Supervisor
 from etcdconfig.errors import EtcdError
 from etcdconfig.store import VersionedStore
@@ -52,6 +53,8 @@ class Runtime:
     # Config uid -> (version, message) of a rollout that failed: every status built for
     # that version carries it (Stalled, RolloutFailed) until a newer version is recorded
     rollout_failures: dict[str, tuple[int, str]] = field(default_factory=dict)
+    # etcd's space as the last check read it (controller/space.py): refusals quote it
+    space: Space | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -68,6 +71,7 @@ class Runtime:
         self.supervisor.add("session-keeper", self._keep_session)
         self.supervisor.add("membership-watch", self.membership.watch)
         self.supervisor.add("lock-sweeper", self._sweep_locks)
+        self.supervisor.add("space-watch", SpaceWatch(self).run)
 
     async def _sweep_locks(self) -> None:
         """Delete this session's orphaned lock keys (:meth:`ConfigLocks.sweep`): every

@@ -74,6 +74,11 @@ class EtcdServer:
             # unit tests of the lock use short leases; keep elections brisk on loopback
             "--heartbeat-interval=50",
             "--election-timeout=500",
+            # as the chart's bundled etcd: old revisions of overwritten keys (the head,
+            # locks, status) are compacted away hourly; a version is a key of its own, so
+            # compaction never removes a retained version (docs/operations.md)
+            "--auto-compaction-mode=periodic",
+            "--auto-compaction-retention=1h",
             *self.extra_args,
         ]
 

@@ -39,6 +39,7 @@ from etcdconfig.errors import (
     EtcdUnavailable,
     LeaseNotFound,
     RequestTooLarge,
+    StoreFull,
 )
 from etcdconfig.etcd._pb import kv_pb2, rpc_pb2, rpc_pb2_grpc
 from etcdconfig.etcd.types import (
@@ -146,6 +147,14 @@ def _tls_hint(details: str) -> str:
     return "check the CA / client certificate"
 
 
+#: what a refused write says to do (docs/operations.md#etcd-space)
+NOSPACE_HINT = (
+    "etcd's NOSPACE alarm is raised: its database reached --quota-backend-bytes and it "
+    "refuses every write until an admin frees space: compact, defragment, then "
+    "`etcdctl alarm disarm` (docs/operations.md#etcd-space)"
+)
+
+
 def _map_error(exc: grpc.aio.AioRpcError, what: str, identity: str = "") -> EtcdError:
     code = exc.code()
     details = exc.details() or ""
@@ -183,6 +192,8 @@ def _map_error(exc: grpc.aio.AioRpcError, what: str, identity: str = "") -> Etcd
         return LeaseNotFound(text)
     if code == grpc.StatusCode.INVALID_ARGUMENT and "too large" in details:
         return RequestTooLarge(text)
+    if "database space exceeded" in details:
+        return StoreFull(f"{text} ({NOSPACE_HINT})")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return RequestTooLarge(text)
     return EtcdError(text)
@@ -742,7 +753,19 @@ class EtcdClient:
             "revision": int(resp.header.revision),
             "raft_term": int(resp.raftTerm),
             "db_size": int(resp.dbSize),
+            "db_size_in_use": int(resp.dbSizeInUse),
+            "db_size_quota": int(resp.dbSizeQuota),  # 0 from an etcd before 3.6
         }
+
+    async def alarms(self) -> list[str]:
+        """The alarms raised on any member (``NOSPACE``, ``CORRUPT``), each once."""
+        resp = await self._call(
+            "alarm list",
+            lambda ep: ep.maintenance.Alarm,
+            rpc_pb2.AlarmRequest(action=rpc_pb2.AlarmRequest.GET),
+            idempotent=True,
+        )
+        return sorted({rpc_pb2.AlarmType.Name(a.alarm) for a in resp.alarms})
 
 
 class KeepAliveStream:
