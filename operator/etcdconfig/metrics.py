@@ -159,6 +159,18 @@ ETCD_NOSPACE = Gauge(
     "nothing is recorded until an admin frees space and disarms the alarm.",
     registry=REGISTRY,
 )
+HISTORY_BYTES = Gauge(
+    "etcdconfig_history_bytes",
+    "Bytes of version records the store retains for the Configs this replica owns (their "
+    "stored size: the usage index, as of each one's last commit or integrity scan); "
+    "sum over replicas for the store's total.",
+    registry=REGISTRY,
+)
+HISTORY_VERSIONS = Gauge(
+    "etcdconfig_history_versions",
+    "Version records the store retains for the Configs this replica owns.",
+    registry=REGISTRY,
+)
 STORE_FULL_REFUSALS = Counter(
     "etcdconfig_store_full_total",
     "Reconciles of a Config that could not record because etcd was out of space.",

@@ -27,6 +27,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
 
+#: spec.history.maxBytes by default: 100 versions of ~100 KiB (docs/operations.md)
+DEFAULT_MAX_BYTES = 10 * 1024 * 1024
+
+
 class History(_Strict):
     """Retention of the versioned store."""
 
@@ -36,6 +40,14 @@ class History(_Strict):
         le=MAX_VERSIONS_LIMIT,
         alias="maxVersions",
         description="Versions kept in the store; the head is never pruned. Default: 100.",
+    )
+    max_bytes: int = Field(
+        default=DEFAULT_MAX_BYTES,
+        ge=1,
+        alias="maxBytes",
+        description="Bytes of version records kept in the store (their stored size, as "
+        "`etcdconfig usage` shows it): the oldest versions beyond it are pruned like those "
+        "beyond maxVersions; the head is never pruned. Default: 10485760 (10 MiB).",
     )
 
 

@@ -93,6 +93,8 @@ async def _replica(client: EtcdClient, prefix: str, rid: str) -> SimpleNamespace
         intact={},
         rollouts=None,
         rollout_failures={},
+        note_usage=lambda uid, sizes: None,
+        space=None,
     )
 
 

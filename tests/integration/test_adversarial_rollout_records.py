@@ -205,6 +205,8 @@ def replica(
         settings=SimpleNamespace(etcd_prefix=prefix, replica_id=replica_id),
         stopping=False,
         rollout_failures={},
+        note_usage=lambda uid, sizes: None,
+        space=None,
         membership=Membership(),
     )
     return ro.Rollouts(rt), rt  # type: ignore[arg-type]

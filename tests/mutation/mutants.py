@@ -1007,4 +1007,44 @@ MUTANTS: tuple[Mutant, ...] = (
             "tests/e2e/test_etcd_space_operator.py::test_a_full_etcd_stalls_the_change_says_why_and_records_it_once_space_is_freed",
         ),
     ),
+    Mutant(
+        id="M81",
+        file="operator/etcdconfig/store/store.py",
+        guard="retention by bytes prunes the new version when it alone exceeds the budget",
+        original="                if total > change.max_bytes and v != version:\n",
+        replacement="                if total > change.max_bytes:\n",
+        tests=(
+            "tests/integration/test_usage.py::test_the_index_is_exactly_the_retained_records_and_max_bytes_prunes_the_oldest",
+        ),
+    ),
+    Mutant(
+        id="M82",
+        file="operator/etcdconfig/store/store.py",
+        guard="a usage index that does not match the head is trusted",
+        original="        if found is not None and found.newest == head.version:\n",
+        replacement="        if found is not None:\n",
+        tests=(
+            "tests/integration/test_usage.py::test_an_index_that_does_not_match_the_head_is_measured_again",
+        ),
+    ),
+    Mutant(
+        id="M83",
+        file="operator/etcdconfig/store/store.py",
+        guard="a Purge leaves its versions in the usage index",
+        original="                remaining = Sizes(tuple(e for e in index.entries if e[0] < low))\n",
+        replacement="                remaining = index\n",
+        tests=(
+            "tests/integration/test_usage.py::test_a_purge_takes_its_versions_out_of_the_index",
+        ),
+    ),
+    Mutant(
+        id="M84",
+        file="operator/etcdconfig/store/store.py",
+        guard="spec.history.maxBytes is not enforced",
+        original="        if change.max_bytes is not None:\n",
+        replacement="        if False:\n",
+        tests=(
+            "tests/integration/test_usage.py::test_the_index_is_exactly_the_retained_records_and_max_bytes_prunes_the_oldest",
+        ),
+    ),
 )

@@ -215,6 +215,8 @@ def world(head: int) -> tuple[Any, FakeKube, FakeEtcd, FakeStore]:
         settings=SimpleNamespace(etcd_prefix=PREFIX, replica_id="r0"),
         stopping=False,
         rollout_failures={},
+        note_usage=lambda uid, sizes: None,
+        space=None,
         membership=Membership(),
     )
     return rt, kube, etcd, store

@@ -17,6 +17,7 @@ from etcdconfig import metrics
 from etcdconfig.controller.loops import Resync
 from etcdconfig.errors import LockTimeout
 from etcdconfig.kube import KubeError
+from etcdconfig.store.records import Sizes
 
 
 async def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
@@ -101,6 +102,12 @@ class FakeStore:
             raise RuntimeError("a bug in verify")
         return []
 
+    async def prune_rollouts(self, namespace: str, name: str) -> int:
+        return 0
+
+    async def usage(self, namespace: str, name: str) -> Sizes:
+        return Sizes()
+
 
 def runtime(kube: FakeKube, store: FakeStore, integrity_interval: float = 3600) -> Any:
     return SimpleNamespace(
@@ -113,6 +120,8 @@ def runtime(kube: FakeKube, store: FakeStore, integrity_interval: float = 3600) 
         membership=SimpleNamespace(owns=lambda uid: True, changed=asyncio.Event(), members=("r",)),
         kube=kube,
         store=store,
+        keep_usage=lambda uids: None,
+        note_usage=lambda uid, sizes: None,
     )
 
 

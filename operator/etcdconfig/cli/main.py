@@ -46,6 +46,7 @@ from etcdconfig.cli.output import (
     table,
 )
 from etcdconfig.cli.timeline import Event, config_state, events_for, merge
+from etcdconfig.controller.space import human
 from etcdconfig.errors import (
     CorruptRecord,
     EtcdConfigError,
@@ -721,6 +722,78 @@ def cmd_locks(args: argparse.Namespace) -> int:
     return asyncio.run(_with_store(args, go))
 
 
+def cmd_usage(args: argparse.Namespace) -> int:
+    """The store's bytes per Config (its retained version records, as stored) and in
+    all, beside etcd's own database size and quota (docs/operations.md#etcd-space)."""
+
+    async def go(store: VersionedStore) -> int:
+        if args.config:
+            refs = [_ref(args.config, args)]
+        else:
+            namespace = getattr(args, "namespace", None)
+            refs = [r for r in await store.list_configs() if not namespace or r[0] == namespace]
+        rows: list[dict[str, Any]] = []
+        for ns, name in refs:
+            head = await store.head(ns, name)
+            if head is None:
+                if args.config:
+                    raise _no_history(store, ns, name)
+                continue
+            sizes = await store.usage(ns, name)
+            rows.append(
+                {
+                    "config": f"{ns}/{name}",
+                    "state": config_state(head),
+                    "versions": len(sizes.entries),
+                    "oldest": sizes.entries[0][0] if sizes.entries else None,
+                    "head": head.version,
+                    "bytes": sizes.total,
+                }
+            )
+        if args.sort_by == "bytes":
+            rows.sort(key=lambda r: (-int(r["bytes"]), str(r["config"])))
+        status = await store.client.status()
+        alarms = await store.client.alarms()
+        total = {
+            "configs": len(rows),
+            "versions": sum(int(r["versions"]) for r in rows),
+            "bytes": sum(int(r["bytes"]) for r in rows),
+        }
+        etcd: dict[str, Any] = {
+            "dbSize": status["db_size"],
+            "dbSizeInUse": status["db_size_in_use"],
+            "quota": status["db_size_quota"],
+            "alarms": alarms,
+        }
+        wide = args.output == "wide"
+        t = table("CONFIG", "STATE", "VERSIONS", "RETAINED", "SIZE", *(["BYTES"] if wide else []))
+        for r in rows:
+            span = f"{r['oldest']}..{r['head']}" if r["oldest"] is not None else "-"
+            cells = [str(r["config"]), str(r["state"]), str(r["versions"]), span]
+            cells.append(human(int(r["bytes"])))
+            t.add_row(*cells, *([str(r["bytes"])] if wide else []))
+        emit(
+            {"configs": rows, "total": total, "etcd": etcd},
+            args.output,
+            t,
+            names=[str(r["config"]) for r in rows],
+            command="usage",
+        )
+        if args.output in ("table", "wide"):
+            quota = f" of quota {human(etcd['quota'])}" if etcd["quota"] else ""
+            alarm = f"; ALARMS: {', '.join(alarms)}" if alarms else ""
+            err_console.print(
+                f"total: {total['configs']} Configs, {total['versions']} versions, "
+                f"{human(total['bytes'])} of records; etcd database {human(etcd['dbSize'])} "
+                f"({human(etcd['dbSizeInUse'])} in use){quota}{alarm}",
+                markup=False,
+                highlight=False,
+            )
+        return 0
+
+    return asyncio.run(_with_store(args, go))
+
+
 def cmd_members(args: argparse.Namespace) -> int:
     async def go(store: VersionedStore) -> int:
         base = store.keys.members()
@@ -1309,6 +1382,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", metavar="NAMESPACE/NAME")
     p.add_argument("--all", action="store_true")
 
+    p = command(
+        "usage", cmd_usage, "show the store's bytes per Config and etcd's database size (etcd)"
+    )
+    p.add_argument("config", nargs="?", metavar="NAMESPACE/NAME", help="one Config (default: all)")
+    p.add_argument(
+        "--sort-by",
+        choices=("name", "bytes"),
+        default="name",
+        help="order of the rows: by name (default) or largest first",
+    )
     command("locks", cmd_locks, "show lock holders and waiters")
     command("members", cmd_members, "show live operator replicas")
     command("version", cmd_version, "print the version")

@@ -45,6 +45,7 @@ class Resync:
             and not o["metadata"].get("deletionTimestamp")
         ]
         metrics.OWNED.set(len(mine))
+        self.rt.keep_usage({o["metadata"]["uid"] for o in mine})
         # a Config deleted or now owned by another replica: its state series go
         metrics.retain_configs({(o["metadata"]["namespace"], o["metadata"]["name"]) for o in mine})
         return mine
@@ -190,6 +191,7 @@ class Resync:
         try:
             problems = await self.rt.store.verify(ns, name)
             await self.rt.store.prune_rollouts(ns, name)
+            self.rt.note_usage(uid, await self.rt.store.usage(ns, name))
         except EtcdConfigError as exc:
             log.warning(
                 "integrity scan failed", extra={"config": f"{ns}/{name}", "error": str(exc)}

@@ -163,6 +163,7 @@ class Reconciler:
                 author=await self._judge(meta, note, mine, origin),
                 origin=origin,
                 max_versions=spec.history.max_versions,
+                max_bytes=spec.history.max_bytes,
             )
 
             async def rejudge(locked: Head | None) -> dict[str, Any]:
@@ -185,6 +186,8 @@ class Reconciler:
             raise self._pending(body, previous, generation, exc, head_t, delay) from exc
         if result is None:
             return None
+        if result.sizes is not None:
+            rt.note_usage(uid, result.sizes)
         if result.recorded:
             metrics.COMMITS.labels("recorded").inc()
             log.info(

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from etcdconfig.etcd import EtcdClient
     from etcdconfig.kube import Kube
     from etcdconfig.settings import Settings
+    from etcdconfig.store.records import Sizes
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,23 @@ class Runtime:
     rollout_failures: dict[str, tuple[int, str]] = field(default_factory=dict)
     # etcd's space as the last check read it (controller/space.py): refusals quote it
     space: Space | None = None
+    # Config uid -> (versions, bytes) the store retains for it, from its last commit or
+    # integrity scan: the history gauges are their sums over the Configs this replica owns
+    usage: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def note_usage(self, uid: str, sizes: Sizes) -> None:
+        self.usage[uid] = (len(sizes.entries), sizes.total)
+        self._usage_gauges()
+
+    def keep_usage(self, uids: set[str]) -> None:
+        """Forget the usage of Configs this replica no longer owns (deleted, handed over)."""
+        for uid in [u for u in self.usage if u not in uids]:
+            del self.usage[uid]
+        self._usage_gauges()
+
+    def _usage_gauges(self) -> None:
+        metrics.HISTORY_VERSIONS.set(sum(v for v, _ in self.usage.values()))
+        metrics.HISTORY_BYTES.set(sum(b for _, b in self.usage.values()))
 
     async def start(self) -> None:
         s = self.settings

@@ -21,6 +21,10 @@ class Keys:
     def head(self, namespace: str, name: str) -> bytes:
         return f"{self.config(namespace, name)}/head".encode()
 
+    def sizes(self, namespace: str, name: str) -> bytes:
+        """The usage index: each retained version record's size (records.Sizes)."""
+        return f"{self.config(namespace, name)}/sizes".encode()
+
     def versions(self, namespace: str, name: str) -> bytes:
         return f"{self.config(namespace, name)}/versions/".encode()
 

@@ -226,3 +226,52 @@ class VersionRecord:
     def summary(self) -> dict[str, Any]:
         """Everything but the data (for history listings)."""
         return {k: v for k, v in self.raw.items() if k != "data"}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The usage index ``{p}/configs/{ns}/{name}/sizes``: the stored size in bytes of
+    each retained version record, oldest first. Written by the commit in its own
+    transaction (and by a Purge), so it is exactly the versions the store holds; not
+    part of the checksum chain: a missing or unreadable index is rebuilt from the
+    version records by the next commit, and changes only what retention prunes."""
+
+    entries: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def total(self) -> int:
+        return sum(size for _, size in self.entries)
+
+    @property
+    def newest(self) -> int:
+        return self.entries[-1][0] if self.entries else 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, "versions": [[v, size] for v, size in self.entries]}
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Sizes | None:
+        """The index, or None when it is not one (then it is rebuilt): versions strictly
+        increasing positive integers, sizes non-negative integers."""
+        try:
+            obj = loads(raw)
+        except (ValueError, CorruptRecord):
+            return None
+        if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+            return None
+        pairs = obj.get("versions")
+        if not isinstance(pairs, list):
+            return None
+        entries: list[tuple[int, int]] = []
+        for pair in pairs:
+            if (
+                not isinstance(pair, list)
+                or len(pair) != 2
+                or not all(type(x) is int for x in pair)
+                or pair[0] < 1
+                or pair[1] < 0
+                or (entries and pair[0] <= entries[-1][0])
+            ):
+                return None
+            entries.append((pair[0], pair[1]))
+        return cls(tuple(entries))

@@ -44,6 +44,7 @@ from etcdconfig.store.records import (
     FORMAT,
     Head,
     Incarnation,
+    Sizes,
     VersionRecord,
     dump,
     record_checksum,
@@ -78,6 +79,9 @@ class ChangeRequest:
     author: dict[str, Any] = field(default_factory=dict)
     origin: dict[str, Any] = field(default_factory=lambda: {"kind": "apply"})
     max_versions: int = 100
+    # retention by bytes: the retained version records' total stays within it (the new
+    # version is kept whatever its size); None: by count alone
+    max_bytes: int | None = None
     # the caller checked with Kubernetes that `uid` is the object that owns the name now
     owner_confirmed: bool = False
 
@@ -88,6 +92,9 @@ class CommitResult:
     recorded: bool  # True: this call wrote the version; False: it was already recorded
     record: VersionRecord | None = None
     attempts: int = 1
+    # the retained versions' record sizes after the commit (None: not known, e.g. when
+    # the version was recorded already)
+    sizes: Sizes | None = None
 
     @property
     def version(self) -> int:
@@ -269,7 +276,11 @@ class VersionedStore:
     def lock_prefetch(self, namespace: str, name: str, uid: str) -> tuple[bytes, ...]:
         """The keys a commit or deletion reads first: read them in the lock's own
         transaction (one round trip less when the lock is free)."""
-        return (self.keys.head(namespace, name), self.keys.incarnation(namespace, name, uid))
+        return (
+            self.keys.head(namespace, name),
+            self.keys.incarnation(namespace, name, uid),
+            self.keys.sizes(namespace, name),
+        )
 
     async def record(self, change: ChangeRequest, locks: ConfigLocks) -> CommitResult:
         """Lock the Config, commit, release (the commit releases in its own transaction)."""
@@ -340,10 +351,11 @@ class VersionedStore:
         ns, name, uid = change.namespace, change.name, change.uid
         head_key = self.keys.head(ns, name)
         inc_key = self.keys.incarnation(ns, name, uid)
+        sizes_key = self.keys.sizes(ns, name)
         # the head as read in the lock's own transaction saves a round trip; after an
         # unknown outcome or a retry, always read it afresh
-        head_kv, inc_kv = await self._read_state(
-            mutex, (head_key, inc_key), fresh=attempt > 1 or after_unknown
+        head_kv, inc_kv, sizes_kv = await self._read_state(
+            mutex, (head_key, inc_key, sizes_key), fresh=attempt > 1 or after_unknown
         )
         head = (
             Head.parse(
@@ -430,7 +442,21 @@ class VersionedStore:
             recorded_at=recorded_at,
         )
         head_raw = dump(new_head.to_json())
-        self._check_size(change, record_raw, head_raw)
+        # retention: by count, and by bytes (the usage index says each retained record's
+        # size); never the new version
+        held = await self._sizes(ns, name, head if continues else None, sizes_kv)
+        kept = [e for e in held.entries if e[0] < version] + [(version, len(record_raw))]
+        oldest_kept = version - change.max_versions + 1
+        if change.max_bytes is not None:
+            total = 0
+            for v, size in reversed(kept):
+                total += size
+                if total > change.max_bytes and v != version:
+                    oldest_kept = max(oldest_kept, v + 1)
+                    break
+        sizes = Sizes(tuple(e for e in kept if e[0] >= oldest_kept))
+        sizes_raw = dump(sizes.to_json())
+        self._check_size(change, record_raw, head_raw + sizes_raw)
 
         version_key = self.keys.version(ns, name, version)
         success: list[Put | DeleteRange | Range] = [
@@ -455,7 +481,7 @@ class VersionedStore:
             success.append(success_op)
             compares.append(compare)
         success.append(DeleteRange(mutex.key))  # release the lock in the same transaction
-        oldest_kept = version - change.max_versions + 1
+        success.append(Put(sizes_key, sizes_raw))
         if oldest_kept > 1:
             success.append(
                 DeleteRange(self.keys.versions(ns, name), self.keys.version(ns, name, oldest_kept))
@@ -491,8 +517,46 @@ class VersionedStore:
                 f"(record checksum {found_rc} != {rc})"
             )
         return CommitResult(
-            head=new_head, recorded=True, record=VersionRecord(raw=record), attempts=attempt
+            head=new_head,
+            recorded=True,
+            record=VersionRecord(raw=record),
+            attempts=attempt,
+            sizes=sizes,
         )
+
+    async def _sizes(self, ns: str, name: str, head: Head | None, kv: KeyValue | None) -> Sizes:
+        """The usage index as stored when it matches the head (its newest entry is the
+        version the head points at), else measured from the version records: an index
+        from before it existed, one a replica of an earlier release left behind, or one
+        that does not parse."""
+        if head is None:
+            return Sizes()
+        found = Sizes.parse(kv.value) if kv is not None else None
+        if found is not None and found.newest == head.version:
+            return found
+        return await self.measure(ns, name)
+
+    async def measure(self, namespace: str, name: str) -> Sizes:
+        """Each retained version record's stored size, read from the records (paged)."""
+        start = self.keys.versions(namespace, name)
+        end = Keys.end(start)
+        entries: list[tuple[int, int]] = []
+        key = start
+        while True:
+            res = await self.client.range(key, end, limit=16)
+            for kv in res.kvs:
+                number = kv.key.decode(errors="replace").rsplit("/", 1)[1]
+                if number.isdigit():
+                    entries.append((int(number), len(kv.value)))
+            if not res.more or not res.kvs:
+                return Sizes(tuple(entries))
+            key = res.kvs[-1].key + b"\0"
+
+    async def usage(self, namespace: str, name: str) -> Sizes:
+        """The retained versions' record sizes (the index; measured when it is stale)."""
+        head = await self.head(namespace, name)
+        kv, _ = await self.client.get(self.keys.sizes(namespace, name))
+        return await self._sizes(namespace, name, head, kv)
 
     async def _supersede(
         self, ns: str, name: str, head: Head, uid: str, recorded_at: str
@@ -606,7 +670,10 @@ class VersionedStore:
         ns = namespace
         head_key = self.keys.head(ns, name)
         inc_key = self.keys.incarnation(ns, name, uid)
-        head_kv, inc_kv = await self._read_state(mutex, (head_key, inc_key), fresh=True)
+        sizes_key = self.keys.sizes(ns, name)
+        head_kv, inc_kv, sizes_kv = await self._read_state(
+            mutex, (head_key, inc_key, sizes_key), fresh=True
+        )
         head = Head.parse(head_kv.value, what=f"head of {ns}/{name}") if head_kv else None
         inc = (
             Incarnation.parse(inc_kv.value, what=f"incarnation {uid} of {ns}/{name}")
@@ -658,6 +725,15 @@ class VersionedStore:
             ops.append(
                 DeleteRange(self.keys.version(ns, name, low), self.keys.version(ns, name, last + 1))
             )
+        if purging and last:
+            # the usage index loses the purged run (one that does not parse goes: the
+            # next commit measures the records)
+            index = Sizes.parse(sizes_kv.value) if sizes_kv is not None else None
+            if index is None:
+                ops.append(DeleteRange(sizes_key))
+            else:
+                remaining = Sizes(tuple(e for e in index.entries if e[0] < low))
+                ops.append(Put(sizes_key, dump(remaining.to_json())))
         if purged:  # the outcomes of this uid's rollouts go with its versions
             rollouts = self.keys.rollouts_of(ns, name, uid)
             ops.append(DeleteRange(rollouts, self.keys.end(rollouts)))
