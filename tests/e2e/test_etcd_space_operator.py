@@ -92,6 +92,15 @@ def test_a_full_etcd_stalls_the_change_says_why_and_records_it_once_space_is_fre
         apply(plane, m)
         wait_observed(plane, namespace, "payments")
         wait_until(lambda: metric(op, "etcdconfig_etcd_db_quota_bytes") == QUOTA, 30, "quota")
+        # the history gauges: this replica owns the one Config, one version of it
+        usage = json.loads(subprocess.run(
+            [str(BIN / "etcdconfig"), "usage", f"{namespace}/payments", "-o", "json",
+             "--etcd-endpoints", small_etcd.endpoint, "--prefix", op.prefix],
+            capture_output=True, text=True, timeout=60, check=True,
+        ).stdout)  # fmt: skip
+        assert usage["total"]["versions"] == 1
+        assert metric(op, "etcdconfig_history_versions") == 1
+        assert metric(op, "etcdconfig_history_bytes") == usage["total"]["bytes"]
 
         asyncio.run(fill(small_etcd.endpoint))
         wait_until(lambda: metric(op, "etcdconfig_etcd_nospace") == 1, 30, "the nospace gauge")
