@@ -84,6 +84,12 @@ RESYNC_ROUNDS = Counter(
     "Resync rounds completed (each goes over every Config this replica owns).",
     registry=REGISTRY,
 )
+RESYNC_SKIPPED = Counter(
+    "etcdconfig_resync_skipped_total",
+    "Configs a resync round left alone: settled (a resync reconcile found nothing to "
+    "change), unchanged since, and their full check not due this round.",
+    registry=REGISTRY,
+)
 RESYNC_ERRORS = Counter(
     "etcdconfig_resync_errors_total",
     "Failures in resync rounds, by stage (round: listing the Configs; reconcile; integrity) "

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     resync_interval: float = 60.0
     integrity_interval: float = 600.0
     resync_concurrency: int = 8
+    # a settled Config (nothing changed since a resync found nothing to do) is reconciled
+    # in full only every this many rounds (spread by uid); 1: every round
+    resync_full_every: int = Field(default=10, ge=1)
     # etcd's space (controller/space.py): seconds between checks of the database size and
     # alarms, and the share of --quota-backend-bytes at which the operator warns
     space_check_interval: float = Field(default=30.0, gt=0)

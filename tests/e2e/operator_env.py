@@ -91,6 +91,9 @@ class OperatorProcess:
             "3",
             "--resync-interval",
             "5",
+            # every round reconciles every Config: these tests time repairs by rounds
+            "--resync-full-every",
+            "1",
             "--log-format",
             "json",
         ]

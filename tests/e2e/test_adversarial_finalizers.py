@@ -176,6 +176,9 @@ def start(
                 extra=(
                     "--resync-interval",
                     str(resync),
+                    # every round reconciles every Config: these tests time repairs by rounds
+                    "--resync-full-every",
+                    "1",
                     "--lock-ttl",
                     str(lock_ttl),
                     "--namespaces",

@@ -90,6 +90,9 @@ def start_replicas(
                 extra=(
                     "--resync-interval",
                     str(RESYNC_INTERVAL),
+                    # every round reconciles every Config: these tests time repairs by rounds
+                    "--resync-full-every",
+                    "1",
                     "--lock-ttl",
                     str(lock_ttl),
                     "--namespaces",

@@ -1047,4 +1047,34 @@ MUTANTS: tuple[Mutant, ...] = (
             "tests/integration/test_usage.py::test_the_index_is_exactly_the_retained_records_and_max_bytes_prunes_the_oldest",
         ),
     ),
+    Mutant(
+        id="M85",
+        file="operator/etcdconfig/controller/loops.py",
+        guard="the resync skips a Config that changed since it settled",
+        original='        if every <= 1 or self._settled.get(meta["uid"]) != meta.get("resourceVersion"):\n',
+        replacement="        if every <= 1:\n",
+        tests=(
+            "tests/unit/test_resync_rounds.py::test_a_settled_config_is_skipped_until_it_changes_its_turn_comes_or_members_change",
+        ),
+    ),
+    Mutant(
+        id="M86",
+        file="operator/etcdconfig/controller/loops.py",
+        guard="a hand-over leaves settled Configs unchecked",
+        original="            self._settled.clear()  # a hand-over: check everything once\n",
+        replacement="            pass\n",
+        tests=(
+            "tests/unit/test_resync_rounds.py::test_a_settled_config_is_skipped_until_it_changes_its_turn_comes_or_members_change",
+        ),
+    ),
+    Mutant(
+        id="M87",
+        file="operator/etcdconfig/controller/loops.py",
+        guard="a settled Config never gets its full check (drift never repaired)",
+        original='        return (self.rounds + _spread(meta["uid"])) % every != 0\n',
+        replacement="        return True\n",
+        tests=(
+            "tests/unit/test_resync_rounds.py::test_a_settled_config_is_skipped_until_it_changes_its_turn_comes_or_members_change",
+        ),
+    ),
 )

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 from etcdconfig import metrics
-from etcdconfig.controller.loops import Resync
+from etcdconfig.controller.loops import Resync, _spread
 from etcdconfig.errors import LockTimeout
 from etcdconfig.kube import KubeError
 from etcdconfig.store.records import Sizes
@@ -186,3 +186,74 @@ async def test_a_failed_round_is_followed_by_the_next_round() -> None:
     finally:
         loop.cancel()
         await asyncio.gather(loop, return_exceptions=True)
+
+
+class SettledKube(FakeKube):
+    """Configs whose status already says what a reconcile returns; resourceVersions as set."""
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__(names)
+        self.versions = dict.fromkeys(names, "7")
+
+    async def list_configs(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        for n in self.names:
+            obj = config(n)
+            obj["metadata"]["resourceVersion"] = self.versions[n]
+            obj["status"] = {"observedGeneration": 2}
+            out.append(obj)
+        return out
+
+
+async def test_a_settled_config_is_skipped_until_it_changes_its_turn_comes_or_members_change() -> (
+    None
+):
+    names = [f"c{i}" for i in range(30)]
+    kube = SettledKube(names)
+    reconciler = FakeReconciler({})
+    rt = runtime(kube, FakeStore(set()))
+    rt.settings.resync_full_every = 10
+    resync = Resync(cast("Any", rt), cast("Any", reconciler))
+
+    await resync.once()  # nothing settled yet: every Config, none patched (nothing differs)
+    assert sorted(reconciler.calls) == sorted(names) and kube.patched == []
+
+    def due(round_: int) -> set[str]:
+        return {n for n in names if (round_ + _spread(f"uid-{n}")) % 10 == 0}
+
+    reconciler.calls.clear()
+    skipped = metrics.REGISTRY.get_sample_value("etcdconfig_resync_skipped_total") or 0
+    kube.versions["c3"] = "8"  # c3 changed since
+    await resync.once()  # round 1: the changed one and those whose full check is due
+    assert set(reconciler.calls) == due(1) | {"c3"}
+    assert 0 < len(due(1)) < 10  # a share of them, not all
+    after = metrics.REGISTRY.get_sample_value("etcdconfig_resync_skipped_total") or 0
+    assert after - skipped == len(names) - len(due(1) | {"c3"})
+
+    # over every_ rounds each Config gets its full check once
+    seen: set[str] = set()
+    for round_ in range(2, 12):
+        reconciler.calls.clear()
+        await resync.once()
+        assert set(reconciler.calls) == due(round_)
+        seen |= set(reconciler.calls)
+    assert seen == set(names)
+
+    # a hand-over (the members changed): every Config once
+    rt.membership.members = ("r", "r2")
+    reconciler.calls.clear()
+    await resync.once()
+    assert sorted(reconciler.calls) == sorted(names)
+
+
+async def test_a_config_not_settled_is_reconciled_every_round() -> None:
+    """Status that differs (patched), a RetryLater, an unobserved generation: never settled."""
+    kube = FakeKube(["a", "b"])  # listed status observedGeneration 1 < generation 2
+    reconciler = FakeReconciler({})
+    rt = runtime(kube, FakeStore(set()))
+    rt.settings.resync_full_every = 10
+    resync = Resync(cast("Any", rt), cast("Any", reconciler))
+    for _ in range(3):
+        reconciler.calls.clear()
+        await resync.once()
+        assert sorted(reconciler.calls) == ["a", "b"]

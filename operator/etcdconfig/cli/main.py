@@ -127,6 +127,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         "lock_ttl",
         "resync_interval",
         "integrity_interval",
+        "resync_full_every",
         "space_check_interval",
         "space_warn_ratio",
         "http_addr",
@@ -1257,6 +1258,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--resync-interval", dest="resync_interval", type=float)
     p.add_argument("--integrity-interval", dest="integrity_interval", type=float)
+    p.add_argument(
+        "--resync-full-every",
+        dest="resync_full_every",
+        type=int,
+        help="reconcile a settled, unchanged Config in full only every N resync rounds "
+        "(default 10; 1: every round)",
+    )
     p.add_argument(
         "--space-check-interval",
         dest="space_check_interval",

@@ -1,11 +1,22 @@
 """One resync loop over the Configs this replica owns (not a timer per object):
 it repairs anything a watch missed, takes over Configs of departed members, and
-periodically re-verifies the stored history (``Intact``)."""
+periodically re-verifies the stored history (``Intact``).
+
+A round reconciles only what may need it: a Config is *settled* once a resync
+reconcile of it found nothing to change (its status already said what the store
+holds), and it is skipped while its resourceVersion stays the one that reconcile
+saw and its generation is observed — every change to it (spec, status, labels,
+finalizers) moves the resourceVersion. A settled Config still gets a full
+reconcile every ``resync_full_every`` rounds (spread by uid, so each round does a
+share of them: drift of what it publishes is repaired within that many rounds),
+and all of them after any change of membership (a hand-over). The integrity scan,
+when due, covers every Config."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -31,6 +42,9 @@ class Resync:
         self.reconciler = reconciler
         self._last_integrity = time.monotonic()
         self.rounds = 0
+        # uid -> the resourceVersion a resync reconcile found settled (nothing to change)
+        self._settled: dict[str, str] = {}
+        self._members: tuple[str, ...] | None = None
 
     async def owned(self) -> list[dict[str, Any]]:
         assert self.rt.membership is not None
@@ -67,8 +81,25 @@ class Resync:
                 metrics.RESYNC_ERRORS.labels("round", type(exc).__name__).inc()
                 log.warning("resync round failed; next round will retry", extra=describe_error(exc))
 
+    def _skip(self, obj: dict[str, Any]) -> bool:
+        """A settled Config, not changed since, whose full check is not due this round."""
+        every = int(getattr(self.rt.settings, "resync_full_every", 1))
+        meta = obj["metadata"]
+        if every <= 1 or self._settled.get(meta["uid"]) != meta.get("resourceVersion"):
+            return False
+        if not _observed(obj):
+            return False
+        return (self.rounds + _spread(meta["uid"])) % every != 0
+
     async def once(self) -> None:
         objs = await self.owned()
+        members = tuple(sorted(self.rt.membership.members)) if self.rt.membership else ()
+        if members != self._members:
+            self._settled.clear()  # a hand-over: check everything once
+            self._members = members
+        owned = {o["metadata"]["uid"] for o in objs}
+        for uid in [u for u in self._settled if u not in owned]:
+            del self._settled[uid]
         # Configs whose current generation was not observed yet (a departed owner's
         # pending work, a missed event) first; the rest is a consistency sweep
         objs.sort(key=lambda o: _observed(o))
@@ -79,7 +110,10 @@ class Resync:
 
         async def one(obj: dict[str, Any]) -> None:
             async with sem:
-                await self._guarded("reconcile", obj, self.reconcile_finalized)
+                if self._skip(obj):
+                    metrics.RESYNC_SKIPPED.inc()
+                else:
+                    await self._guarded("reconcile", obj, self.reconcile_finalized)
                 if integrity_due:
                     await self._guarded("integrity", obj, self.verify_one)
 
@@ -157,24 +191,33 @@ class Resync:
 
     async def reconcile_one(self, obj: dict[str, Any]) -> None:
         meta = obj["metadata"]
+        self._settled.pop(meta["uid"], None)
         try:
             status = await self.reconciler.reconcile(obj, trigger="resync")
         except RetryLater as exc:
             status = exc.status
+            settled = False
         except EtcdConfigError as exc:
             log.warning(
                 "resync of a Config failed",
                 extra={"config": f"{meta['namespace']}/{meta['name']}", "error": str(exc)},
             )
             return
-        if status is not None and status_differs(obj.get("status") or {}, status):
-            # the listed copy may be minutes old by now: never let it overwrite newer status
-            await self.rt.kube.patch_status(
-                meta["namespace"],
-                meta["name"],
-                status,
-                resource_version=meta.get("resourceVersion"),
-            )
+        else:
+            settled = True
+        if status is None:
+            return
+        if not status_differs(obj.get("status") or {}, status):
+            if settled:  # nothing to change: skipped until the object changes
+                self._settled[meta["uid"]] = str(meta.get("resourceVersion"))
+            return
+        # the listed copy may be minutes old by now: never let it overwrite newer status
+        await self.rt.kube.patch_status(
+            meta["namespace"],
+            meta["name"],
+            status,
+            resource_version=meta.get("resourceVersion"),
+        )
 
     async def verify_one(self, obj: dict[str, Any]) -> None:
         assert self.rt.store is not None
@@ -236,6 +279,11 @@ class Resync:
             if fresh is None:
                 self.rt.intact.pop(uid, None)
                 return
+
+
+def _spread(uid: str) -> int:
+    """A stable number per uid: which round of each ``resync_full_every`` checks it."""
+    return int.from_bytes(hashlib.sha256(uid.encode()).digest()[:4], "big")
 
 
 def _observed(obj: dict[str, Any]) -> bool:

@@ -443,6 +443,9 @@ class Fleet:
                     str(ttl),
                     "--resync-interval",
                     str(resync),
+                    # every round reconciles every Config: these tests time repairs by rounds
+                    "--resync-full-every",
+                    "1",
                     "--acquire-timeout",
                     "10",
                 ),
