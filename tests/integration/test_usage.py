@@ -17,9 +17,9 @@ from tests.integration.test_store import change
 
 from etcdconfig.concurrency import ConfigLocks, Session
 from etcdconfig.devenv.etcd import EtcdServer
-from etcdconfig.etcd import EtcdClient
+from etcdconfig.etcd import EtcdClient, EtcdSettings
 from etcdconfig.store import ChangeRequest, VersionedStore
-from etcdconfig.store.records import Sizes
+from etcdconfig.store.records import Sizes, dump
 
 BIN = Path(sys.executable).parent
 
@@ -181,3 +181,50 @@ async def test_usage_lists_each_configs_bytes_and_the_total(
     missing = usage_cli(etcd_server, prefix, "prod/nothing")
     assert missing.returncode == 4
     assert missing.stderr.startswith("error: prod/nothing has no history in the store")
+
+
+async def test_an_index_claiming_records_larger_than_etcd_accepts_is_measured(env: Any) -> None:
+    """An index written for the right head that claims a record larger than any etcd
+    takes (its request limit) is no index: the records are measured, nothing is pruned."""
+    store, locks = env
+    for g in range(1, 4):
+        await store.record(change(g, blob(1)), locks)
+    found = await index(store)
+    assert found is not None and found.head is not None
+    huge = Sizes(tuple((v, store.max_request_bytes + 1) for v, _ in found.entries), found.head)
+    await store.client.put(store.keys.sizes("prod", "payments"), dump(huge.to_json()))
+    await store.record(change(4, blob(1), max_bytes=1024 * 1024), locks)
+    assert [v for v, _ in await stored_sizes(store)] == [1, 2, 3, 4]
+
+
+async def test_an_index_that_would_overflow_etcds_request_limit_is_dropped_not_sent(
+    tmp_path: Path,
+) -> None:
+    """With etcd's --max-request-bytes small, a long history's index plus a record that
+    fits alone would make the commit's request too large: the index is dropped from that
+    commit (the next one measures the records) and the version is recorded."""
+    limit = 24 * 1024
+    server = EtcdServer(
+        data_dir=tmp_path / "etcd", name="tight", extra_args=(f"--max-request-bytes={limit}",)
+    )
+    server.start()
+    try:
+        server.wait_healthy(60)
+        client = EtcdClient(EtcdSettings(endpoints=[server.endpoint]))
+        session = await Session(client, ttl=10).start()
+        locks = ConfigLocks(session, prefix="/p", identity="test")
+        store = VersionedStore(client, prefix="/p", replica_id="r", max_request_bytes=limit)
+        try:
+            for g in range(1, 1601):  # 1,600 entries: an index of about 18 KB
+                await store.record(change(g, {"g": g}, max_versions=100_000), locks)
+            assert len((await index(store) or Sizes()).entries) == 1600
+            # 8 KiB of data: record, head and index together are over etcd's limit
+            result = await store.record(change(1601, blob(8), max_versions=100_000), locks)
+            assert (result.recorded, result.version) == (True, 1601)
+            assert await index(store) is None  # dropped, not sent
+            assert len((await store.usage("prod", "payments")).entries) == 1601  # measured
+        finally:
+            await session.close()
+            await client.close()
+    finally:
+        server.stop()

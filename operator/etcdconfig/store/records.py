@@ -231,12 +231,16 @@ class VersionRecord:
 @dataclass(frozen=True)
 class Sizes:
     """The usage index ``{p}/configs/{ns}/{name}/sizes``: the stored size in bytes of
-    each retained version record, oldest first. Written by the commit in its own
-    transaction (and by a Purge), so it is exactly the versions the store holds; not
-    part of the checksum chain: a missing or unreadable index is rebuilt from the
-    version records by the next commit, and changes only what retention prunes."""
+    each retained version record, oldest first, and the ``recordChecksum`` of the head
+    it was written with. Written by the commit in its own transaction (and by a
+    Purge), so it is exactly the versions the store holds; not part of the checksum
+    chain: one that is missing, unreadable, written for another head (an earlier
+    release's commit or Purge left it behind) or claims a record larger than etcd
+    accepts is measured again from the version records, and ``verify`` reports one
+    that disagrees with them. It steers only retention by bytes and ``usage``."""
 
     entries: tuple[tuple[int, int], ...] = ()
+    head: str | None = None  # the recordChecksum of the head it describes
 
     @property
     def total(self) -> int:
@@ -247,17 +251,25 @@ class Sizes:
         return self.entries[-1][0] if self.entries else 0
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, "versions": [[v, size] for v, size in self.entries]}
+        return {
+            "format": FORMAT,
+            "head": self.head,
+            "versions": [[v, size] for v, size in self.entries],
+        }
 
     @classmethod
-    def parse(cls, raw: bytes) -> Sizes | None:
-        """The index, or None when it is not one (then it is rebuilt): versions strictly
-        increasing positive integers, sizes non-negative integers."""
+    def parse(cls, raw: bytes, max_size: int | None = None) -> Sizes | None:
+        """The index, or None when it is not one (then it is measured again): versions
+        strictly increasing positive integers, sizes non-negative integers, none over
+        ``max_size`` (etcd's request limit: no record can be larger)."""
         try:
             obj = loads(raw)
-        except (ValueError, CorruptRecord):
+        except (ValueError, RecursionError, CorruptRecord):
             return None
         if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+            return None
+        head = obj.get("head")
+        if head is not None and not isinstance(head, str):
             return None
         pairs = obj.get("versions")
         if not isinstance(pairs, list):
@@ -270,8 +282,9 @@ class Sizes:
                 or not all(type(x) is int for x in pair)
                 or pair[0] < 1
                 or pair[1] < 0
+                or (max_size is not None and pair[1] > max_size)
                 or (entries and pair[0] <= entries[-1][0])
             ):
                 return None
             entries.append((pair[0], pair[1]))
-        return cls(tuple(entries))
+        return cls(tuple(entries), head)

@@ -454,9 +454,15 @@ class VersionedStore:
                 if total > change.max_bytes and v != version:
                     oldest_kept = max(oldest_kept, v + 1)
                     break
-        sizes = Sizes(tuple(e for e in kept if e[0] >= oldest_kept))
+        sizes = Sizes(tuple(e for e in kept if e[0] >= oldest_kept), head=rc)
         sizes_raw = dump(sizes.to_json())
-        self._check_size(change, record_raw, head_raw + sizes_raw)
+        self._check_size(change, record_raw, head_raw)
+        # the index never costs the data its room: one that would push the request over
+        # etcd's limit is dropped (the next commit measures the records)
+        keep_index = (
+            len(record_raw) + len(head_raw) + len(sizes_raw) + _REQUEST_OVERHEAD
+            <= self.max_request_bytes
+        )
 
         version_key = self.keys.version(ns, name, version)
         success: list[Put | DeleteRange | Range] = [
@@ -481,7 +487,7 @@ class VersionedStore:
             success.append(success_op)
             compares.append(compare)
         success.append(DeleteRange(mutex.key))  # release the lock in the same transaction
-        success.append(Put(sizes_key, sizes_raw))
+        success.append(Put(sizes_key, sizes_raw) if keep_index else DeleteRange(sizes_key))
         if oldest_kept > 1:
             success.append(
                 DeleteRange(self.keys.versions(ns, name), self.keys.version(ns, name, oldest_kept))
@@ -531,10 +537,14 @@ class VersionedStore:
         that does not parse."""
         if head is None:
             return Sizes()
-        found = Sizes.parse(kv.value) if kv is not None else None
-        if found is not None and found.newest == head.version:
+        found = Sizes.parse(kv.value, self.max_request_bytes) if kv is not None else None
+        if (
+            found is not None
+            and found.newest == head.version
+            and found.head == head.record_checksum
+        ):
             return found
-        return await self.measure(ns, name)
+        return dataclasses.replace(await self.measure(ns, name), head=head.record_checksum)
 
     async def measure(self, namespace: str, name: str) -> Sizes:
         """Each retained version record's stored size, read from the records (paged)."""
@@ -725,15 +735,6 @@ class VersionedStore:
             ops.append(
                 DeleteRange(self.keys.version(ns, name, low), self.keys.version(ns, name, last + 1))
             )
-        if purging and last:
-            # the usage index loses the purged run (one that does not parse goes: the
-            # next commit measures the records)
-            index = Sizes.parse(sizes_kv.value) if sizes_kv is not None else None
-            if index is None:
-                ops.append(DeleteRange(sizes_key))
-            else:
-                remaining = Sizes(tuple(e for e in index.entries if e[0] < low))
-                ops.append(Put(sizes_key, dump(remaining.to_json())))
         if purged:  # the outcomes of this uid's rollouts go with its versions
             rollouts = self.keys.rollouts_of(ns, name, uid)
             ops.append(DeleteRange(rollouts, self.keys.end(rollouts)))
@@ -755,6 +756,19 @@ class VersionedStore:
                 purged=purged,
             )
             ops.append(Put(head_key, dump(tomb.to_json())))
+        if purging and last:
+            # the usage index loses the purged run, and names the tombstone's pointer; one
+            # that does not parse or describes another head goes (the next commit measures)
+            limit = self.max_request_bytes
+            index = Sizes.parse(sizes_kv.value, limit) if sizes_kv is not None else None
+            if index is None or head is None or index.head != head.record_checksum:
+                ops.append(DeleteRange(sizes_key))
+            else:
+                remaining = Sizes(
+                    tuple(e for e in index.entries if e[0] < low),
+                    head=tomb.record_checksum if tomb is not None else None,
+                )
+                ops.append(Put(sizes_key, dump(remaining.to_json())))
         ended = Incarnation(
             uid=uid,
             first_version=first
