@@ -239,8 +239,21 @@ def set_config_state(namespace: str, name: str, status: dict[str, object] | None
         CONFIG_STATE.labels(namespace, name, s).set(1 if s == state else 0)
 
 
+_unpinned: set[tuple[str, str]] = set()
+
+
+def set_unpinned(namespace: str, name: str, pods: int) -> None:
+    """``etcdconfig_unpinned_pods`` of a Config this replica owns (removed with it)."""
+    _unpinned.add((namespace, name))
+    UNPINNED_PODS.labels(namespace, name).set(pods)
+
+
 def forget_config(namespace: str, name: str) -> None:
     """Remove a Config's series (deleted, or no longer owned by this replica)."""
+    if (namespace, name) in _unpinned:
+        _unpinned.discard((namespace, name))
+        with contextlib.suppress(KeyError):
+            UNPINNED_PODS.remove(namespace, name)
     if _config_states.pop((namespace, name), None) is None:
         return
     for s in CONFIG_STATES:
@@ -250,5 +263,5 @@ def forget_config(namespace: str, name: str) -> None:
 
 def retain_configs(keep: set[tuple[str, str]]) -> None:
     """Remove the series of every Config not in ``keep`` (the Configs owned now)."""
-    for namespace, name in [k for k in _config_states if k not in keep]:
+    for namespace, name in [k for k in {*_config_states, *_unpinned} if k not in keep]:
         forget_config(namespace, name)

@@ -742,6 +742,7 @@ async def test_stale_bodies_after_delete_and_recreate_write_nothing_through_the_
         intact={},
         rollouts=None,
         rollout_failures={},
+        recheck=set(),
         note_usage=lambda uid, sizes: None,
         space=None,
     )

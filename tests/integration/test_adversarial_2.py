@@ -93,6 +93,7 @@ async def _replica(client: EtcdClient, prefix: str, rid: str) -> SimpleNamespace
         intact={},
         rollouts=None,
         rollout_failures={},
+        recheck=set(),
         note_usage=lambda uid, sizes: None,
         space=None,
     )

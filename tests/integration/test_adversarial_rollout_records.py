@@ -205,6 +205,7 @@ def replica(
         settings=SimpleNamespace(etcd_prefix=prefix, replica_id=replica_id),
         stopping=False,
         rollout_failures={},
+        recheck=set(),
         note_usage=lambda uid, sizes: None,
         space=None,
         membership=Membership(),

@@ -1077,4 +1077,64 @@ MUTANTS: tuple[Mutant, ...] = (
             "tests/unit/test_resync_rounds.py::test_a_settled_config_is_skipped_until_it_changes_its_turn_comes_or_members_change",
         ),
     ),
+    Mutant(
+        id="M88",
+        file="operator/etcdconfig/store/records.py",
+        guard="a usage index claiming records larger than etcd accepts is trusted",
+        original="                or (max_size is not None and pair[1] > max_size)\n",
+        replacement="",
+        tests=(
+            "tests/integration/test_usage.py::test_an_index_claiming_records_larger_than_etcd_accepts_is_measured",
+        ),
+    ),
+    Mutant(
+        id="M89",
+        file="operator/etcdconfig/store/store.py",
+        guard="a usage index written for another head of the same number is trusted",
+        original="            and found.head == head.record_checksum\n",
+        replacement="",
+        tests=(
+            "tests/integration/test_adversarial_usage.py::test_review_an_old_release_purge_and_re_create_leaves_an_index_that_prunes_history",
+        ),
+    ),
+    Mutant(
+        id="M90",
+        file="operator/etcdconfig/store/records.py",
+        guard="a deeply nested usage index breaks every commit",
+        original="        except (ValueError, RecursionError, CorruptRecord):\n",
+        replacement="        except (ValueError, CorruptRecord):\n",
+        tests=(
+            "tests/integration/test_adversarial_usage.py::test_review_a_deeply_nested_index_breaks_every_commit_of_the_config",
+        ),
+    ),
+    Mutant(
+        id="M91",
+        file="operator/etcdconfig/store/store.py",
+        guard="the usage index takes the data's room in etcd's request limit",
+        original="            len(record_raw) + len(head_raw) + len(sizes_raw) + _REQUEST_OVERHEAD\n            <= self.max_request_bytes\n",
+        replacement="            True\n",
+        tests=(
+            "tests/integration/test_usage.py::test_an_index_that_would_overflow_etcds_request_limit_is_dropped_not_sent",
+        ),
+    ),
+    Mutant(
+        id="M92",
+        file="operator/etcdconfig/concurrency/membership.py",
+        guard="a membership change undone before the next round leaves settled Configs unchecked",
+        original="            self.generation += 1  # every change counts, also one undone before it was seen\n",
+        replacement="",
+        tests=(
+            "tests/integration/test_adversarial_resync.py::test_review_a_hand_over_and_back_between_rounds_leaves_the_config_skipped",
+        ),
+    ),
+    Mutant(
+        id="M93",
+        file="operator/etcdconfig/metrics.py",
+        guard="a former owner keeps exporting etcdconfig_unpinned_pods of a Config handed over",
+        original="    for namespace, name in [k for k in {*_config_states, *_unpinned} if k not in keep]:\n",
+        replacement="    for namespace, name in [k for k in _config_states if k not in keep]:\n",
+        tests=(
+            "tests/unit/test_unpinned_gauge.py::test_the_series_of_a_config_no_longer_owned_or_deleted_goes",
+        ),
+    ),
 )

@@ -215,6 +215,7 @@ def world(head: int) -> tuple[Any, FakeKube, FakeEtcd, FakeStore]:
         settings=SimpleNamespace(etcd_prefix=PREFIX, replica_id="r0"),
         stopping=False,
         rollout_failures={},
+        recheck=set(),
         note_usage=lambda uid, sizes: None,
         space=None,
         membership=Membership(),

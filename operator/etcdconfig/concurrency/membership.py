@@ -61,6 +61,9 @@ class Membership:
         self.replica_id = replica_id
         self.members: tuple[str, ...] = ()
         self.changed = asyncio.Event()
+        #: how many times the members changed (a resync round compares it with the last
+        #: round's: a change and its undoing in between still count)
+        self.generation = 0
         self.own_watch = own_watch
         self._task: asyncio.Task[None] | None = None
 
@@ -92,6 +95,7 @@ class Membership:
         if members != self.members:
             log.info("members changed", extra={"members": ",".join(members)})
             self.members = members
+            self.generation += 1  # every change counts, also one undone before it was seen
             self.changed.set()
 
     async def watch(self) -> None:

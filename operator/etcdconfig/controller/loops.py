@@ -44,7 +44,7 @@ class Resync:
         self.rounds = 0
         # uid -> the resourceVersion a resync reconcile found settled (nothing to change)
         self._settled: dict[str, str] = {}
-        self._members: tuple[str, ...] | None = None
+        self._members: tuple[tuple[str, ...], int] | None = None
 
     async def owned(self) -> list[dict[str, Any]]:
         assert self.rt.membership is not None
@@ -85,6 +85,10 @@ class Resync:
         """A settled Config, not changed since, whose full check is not due this round."""
         every = int(getattr(self.rt.settings, "resync_full_every", 1))
         meta = obj["metadata"]
+        recheck: set[str] = getattr(self.rt, "recheck", set())
+        if meta["uid"] in recheck:
+            recheck.discard(meta["uid"])
+            return False
         if every <= 1 or self._settled.get(meta["uid"]) != meta.get("resourceVersion"):
             return False
         if not _observed(obj):
@@ -93,7 +97,12 @@ class Resync:
 
     async def once(self) -> None:
         objs = await self.owned()
-        members = tuple(sorted(self.rt.membership.members)) if self.rt.membership else ()
+        membership = self.rt.membership
+        members = (
+            (tuple(sorted(membership.members)), int(getattr(membership, "generation", 0)))
+            if membership
+            else ((), 0)
+        )
         if members != self._members:
             self._settled.clear()  # a hand-over: check everything once
             self._members = members

@@ -15,7 +15,9 @@ Once per version: the rollout record ``<prefix>/rollouts/<ns>/<name>/<uid>/<vers
 is created in etcd only if absent (a transaction on its create revision), by whichever
 replica gets there first; the apply itself is idempotent (the same fields, the same
 values), so a replica that died between the record and the applies leaves the rest to
-the next reconcile of the owner — every resync round schedules the head again, and a
+the next reconcile of the owner — a hand-over makes the next resync round reconcile
+every Config, a rollout that failed on a transient error asks the next round for its
+Config (``Runtime.recheck``), and every full check schedules the head again; a
 workload already at the version is not touched.
 
 Held: ``spec.rollout.paused`` starts nothing; outside ``spec.rollout.window`` (UTC)
@@ -243,6 +245,7 @@ class Rollouts:
         except (EtcdConfigError, OSError) as exc:
             log.warning("rollout failed; retried on the next reconcile",
                         extra={"config": f"{ns}/{name}", "error": str(exc)})  # fmt: skip
+            self.rt.recheck.add(uid)  # the next resync round reconciles it, settled or not
             return
         if again is not None:  # held by the window: try again when it opens
             await asyncio.sleep(again)
@@ -358,7 +361,7 @@ class Rollouts:
                 pinned_to = str((pmeta.get("annotations") or {}).get(pins.PINNED_TO_ANNOTATION, ""))
                 if not any(p.split("=", 1)[0] == target for p in pinned_to.split(",") if p):
                     unpinned.append(str(pmeta.get("name")))
-        metrics.UNPINNED_PODS.labels(ns, name).set(len(unpinned))
+        metrics.set_unpinned(ns, name, len(unpinned))
         key = tuple(sorted(unpinned))
         if self._unpinned.get(uid) == key:
             return

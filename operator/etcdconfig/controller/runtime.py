@@ -59,6 +59,9 @@ class Runtime:
     # Config uid -> (versions, bytes) the store retains for it, from its last commit or
     # integrity scan: the history gauges are their sums over the Configs this replica owns
     usage: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # Config uids the next resync round must reconcile even if settled (a rollout that
+    # failed on a transient error: controller/loops.py)
+    recheck: set[str] = field(default_factory=set)
 
     def note_usage(self, uid: str, sizes: Sizes) -> None:
         self.usage[uid] = (len(sizes.entries), sizes.total)
