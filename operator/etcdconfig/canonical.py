@@ -3,6 +3,14 @@
 RFC 8785 rests on I-JSON: integers beyond ±(2^53 − 1) and NaN/Infinity have no
 canonical form, yet Kubernetes accepts them. They are reported as invalid data
 with the path and a hint, never as a crash.
+
+Fast path: for the values that make up nearly all Config data (strings, booleans,
+null, safe integers, lists and objects whose keys are in the Basic Multilingual
+Plane), the RFC 8785 bytes are exactly what C ``json.dumps`` writes with sorted keys
+and no whitespace, so those are produced by it; everything else (floats, other
+keys, lone surrogates, out-of-range integers, other types, too deep) takes the
+reference path (``check_ijson`` + ``rfc8785``), which also words every refusal.
+Why the bytes are identical is argued at :func:`_fast_canonical`.
 """
 
 from __future__ import annotations
@@ -108,9 +116,85 @@ def _has_lone_surrogate(s: str) -> bool:
     return False
 
 
+# C json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"),
+# allow_nan=False); encode() reads only the encoder's settings, so one is shared
+_JSON_ENCODE = json.JSONEncoder(
+    ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
+).encode
+_SUPPLEMENTARY = "\U00010000"  # the first code point beyond the BMP
+
+
+def _fast_canonical(value: Any, max_depth: int) -> bytes | None:
+    r"""The RFC 8785 bytes of ``value`` if it is plain JSON, else ``None`` (then use
+    the reference path). Runs no code of the value's own (exact types only).
+
+    Accepted, level by level and by exact type (no subclasses): ``str``, ``bool``,
+    ``None``, ``int`` within ±(2^53 − 1), ``list``/``tuple``, and ``dict`` whose keys
+    are ``str`` of code points below U+10000; no value deeper than ``max_depth``.
+    For exactly these values ``check_ijson`` finds no issue (a lone surrogate, its
+    only other refusal, makes the final UTF-8 encoding fail and so returns ``None``)
+    and ``rfc8785.dumps`` writes the same bytes as ``json.dumps`` does here:
+
+    - strings: both escape exactly ``"``, ``\\`` and U+0000–U+001F (``\b \f \n \r \t``
+      by name, the rest as lowercase ``\u00xx``) and write every other code point
+      (U+007F, U+2028, U+2029, non-BMP ...) as itself in UTF-8 (the unit tests
+      compare the two over every code point);
+    - ``true``/``false``/``null``; an ``int`` as its decimal ``str``/``repr``;
+    - arrays and objects with ``,`` and ``:`` and no whitespace;
+    - object members: RFC 8785 sorts names by UTF-16 code units, ``sort_keys`` by
+      code points. For names without surrogates and below U+10000 every code point
+      is one code unit of the same value, so the orders agree.
+    """
+    level = [value]
+    depth = 0
+    while level:
+        if depth > max_depth:
+            return None
+        below: list[Any] = []
+        for v in level:
+            t = type(v)
+            if t is str or t is bool or v is None:
+                continue
+            if t is int:
+                if -MAX_SAFE_INTEGER <= v <= MAX_SAFE_INTEGER:
+                    continue
+                return None
+            if t is dict:
+                for k in v:
+                    # isascii() is O(1); max() of a non-empty str is its largest code point
+                    if type(k) is not str or not (k.isascii() or max(k) < _SUPPLEMENTARY):
+                        return None
+                below.extend(v.values())
+            elif t is list or t is tuple:
+                below.extend(v)
+            else:
+                return None
+        level = below
+        depth += 1
+    try:
+        return _JSON_ENCODE(value).encode("utf-8")
+    except (ValueError, RecursionError):
+        # UnicodeEncodeError (a surrogate) is a ValueError; RecursionError: called
+        # near the interpreter's limit. The reference path decides (and words) both.
+        return None
+
+
+def fast_canonical_json(value: Any, root: str = "data") -> bytes | None:
+    """``canonical_json(value, root)`` when the fast path proves it, else ``None``.
+
+    Bytes here also mean ``check_ijson(value, root)`` would find no issue, so a
+    caller may skip it; on ``None`` call ``check_ijson``/``canonical_json``.
+    """
+    return _fast_canonical(value, _DEPTH_BY_ROOT.get(root, MAX_DEPTH))
+
+
 def canonical_json(value: Any, root: str = "data") -> bytes:
     """RFC 8785 bytes of ``value``; ``InvalidConfig`` (with paths) if it has none."""
-    issues = check_ijson(value, root, max_depth=_DEPTH_BY_ROOT.get(root, MAX_DEPTH))
+    max_depth = _DEPTH_BY_ROOT.get(root, MAX_DEPTH)
+    raw = _fast_canonical(value, max_depth)
+    if raw is not None:
+        return raw
+    issues = check_ijson(value, root, max_depth=max_depth)
     if issues:
         raise InvalidConfig(issues, reason="InvalidData")
     try:
@@ -150,7 +234,12 @@ def canonical_object(members: dict[str, bytes]) -> bytes:
     is canonicalised once and spliced in, not re-serialised with its record.
     """
     parts = [
-        bytes(rfc8785.dumps(name)) + b":" + members[name]
+        _canonical_name(name) + b":" + members[name]
         for name in sorted(members, key=lambda n: n.encode("utf-16-be"))
     ]
     return b"{" + b",".join(parts) + b"}"
+
+
+def _canonical_name(name: str) -> bytes:
+    raw = _fast_canonical(name, 0)
+    return raw if raw is not None else bytes(rfc8785.dumps(name))

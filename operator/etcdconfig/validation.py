@@ -31,7 +31,14 @@ import referencing
 import referencing.exceptions
 import regex
 
-from etcdconfig.canonical import canonical_json, check_ijson, checksum, json_path
+from etcdconfig.canonical import (
+    canonical_json,
+    check_ijson,
+    checksum,
+    fast_canonical_json,
+    json_path,
+    sha256_of,
+)
 from etcdconfig.errors import InvalidConfig, ValidationIssue
 
 if TYPE_CHECKING:
@@ -144,11 +151,25 @@ def _additional_properties(
             return
         extras.append(key)
     if validator.is_type(additional, "object"):
+        simple_type = _only_type(additional)
         for key in extras:
-            yield from validator.descend(instance[key], additional, path=key)
+            value = instance[key]
+            if simple_type is not None and validator.is_type(value, simple_type):
+                continue  # what descending would find: nothing
+            yield from validator.descend(value, additional, path=key)
     elif not additional and extras:
         names = ", ".join(repr(k) for k in sorted(extras))
         yield _OwnMessage(f"additional properties are not allowed: {names}")
+
+
+def _only_type(subschema: dict[str, Any]) -> str | None:
+    """``T`` if ``subschema`` is just ``{"type": T}`` for one type name ``T``: then a
+    value of that type passes it, and the ``type`` keyword's check is all there is."""
+    if len(subschema) == 1:
+        kind = subschema.get("type")
+        if type(kind) is str:
+            return kind
+    return None
 
 
 def _unique_items(validator: Any, unique: Any, instance: Any, schema: Any) -> Iterator[Any]:
@@ -397,16 +418,22 @@ class Validator:
         """
         if not isinstance(data, dict):
             return [ValidationIssue("data", f"must be a JSON object, got {_json_type(data)}")]
-        issues = [] if data_checksum is not None else check_ijson(data)
+        # fast canonical bytes also prove that check_ijson would find nothing
+        data_raw = None if data_checksum is not None else fast_canonical_json(data)
+        issues = [] if data_checksum is not None or data_raw is not None else check_ijson(data)
         if schema is None or issues:
             return issues
         if not isinstance(schema, dict | bool):
             return check_schema(schema)
-        if isinstance(schema, dict):
-            ijson = check_ijson(schema, "schema")
-            if ijson:
-                return ijson
-        schema_sum = checksum(schema, "schema")
+        schema_raw = fast_canonical_json(schema, "schema")
+        if schema_raw is not None:
+            schema_sum = sha256_of(schema_raw)
+        else:
+            if isinstance(schema, dict):
+                ijson = check_ijson(schema, "schema")
+                if ijson:
+                    return ijson
+            schema_sum = checksum(schema, "schema")
         schema_issues = self._schemas.get(schema_sum)
         if schema_issues is None:
             schema_issues = tuple(check_schema(schema))
@@ -415,7 +442,10 @@ class Validator:
                 self._schemas.popitem(last=False)
         if schema_issues:
             return list(schema_issues)
-        key = (schema_sum, data_checksum or checksum(data))
+        key = (
+            schema_sum,
+            data_checksum or (sha256_of(data_raw) if data_raw is not None else checksum(data)),
+        )
         cached = self._cache.get(key)
         if cached is not None:
             self.hits += 1
