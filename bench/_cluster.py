@@ -832,7 +832,7 @@ class Cluster:
         repo, _, tag = self.images["operator"].ref.rpartition(":")
         values = [
             f"--set=image.repository={repo}",
-            f"--set=image.tag={tag}",
+            f"--set-string=image.tag={tag}",  # a tag of digits alone is still a string
             "--set=image.pullPolicy=Never",
             "--set=replicaCount=1",
             "--set=crds.enabled=false",

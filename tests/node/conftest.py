@@ -126,11 +126,11 @@ def image_values(built: dict[str, images.Image], operator_ref: str | None = None
     etcd_repo, _, etcd_tag = built["etcd"].ref.rpartition(":")
     return [
         f"--set=image.repository={repo}",
-        f"--set=image.tag={tag}",
+        f"--set-string=image.tag={tag}",  # a tag of digits alone is still a string
         "--set=image.pullPolicy=Never",
         "--set=etcd.bundled.enabled=true",
         f"--set=etcd.bundled.image.repository={etcd_repo}",
-        f"--set=etcd.bundled.image.tag={etcd_tag}",
+        f"--set-string=etcd.bundled.image.tag={etcd_tag}",
         "--set=etcd.bundled.image.pullPolicy=Never",
     ]
 

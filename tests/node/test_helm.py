@@ -275,7 +275,7 @@ def test_helm_upgrade_to_a_new_image_during_a_stream_loses_and_duplicates_nothin
                 "-n",
                 release.namespace,
                 "--reuse-values",
-                f"--set=image.tag={tag}",
+                f"--set-string=image.tag={tag}",
                 "--wait",
                 "--timeout=240s",
                 timeout=300,

@@ -353,11 +353,11 @@ def helm_args(operator_ref: str, etcd_ref: str) -> list[str]:
         NAMESPACE,
         "--create-namespace",
         f"--set=image.repository={repo}",
-        f"--set=image.tag={tag}",
+        f"--set-string=image.tag={tag}",  # a tag of digits alone is still a string
         "--set=image.pullPolicy=Never",
         "--set=etcd.bundled.enabled=true",
         f"--set=etcd.bundled.image.repository={etcd_repo}",
-        f"--set=etcd.bundled.image.tag={etcd_tag}",
+        f"--set-string=etcd.bundled.image.tag={etcd_tag}",
         "--set=etcd.bundled.image.pullPolicy=Never",
         "--set=etcd.bundled.persistence.enabled=true",
         "--wait",
