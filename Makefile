@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install tools images system-packages lint test test-unit test-integration test-e2e bench bench-quick demo demo-down soak clean
+.PHONY: install tools images system-packages lint test test-unit test-integration test-e2e bench bench-quick demo demo-rollout demo-down soak clean
 
 ## install: a .venv with the package and every dev tool, the Debian packages the tests need,
 ## the Go-built binaries and the node's images (both cached under ~/.cache/etcdconfig)
@@ -75,6 +75,7 @@ bench: install
 	$(BIN)/python bench/e2e.py
 	$(BIN)/python bench/replicas.py
 	$(BIN)/python bench/history_api.py
+	$(BIN)/python bench/rollout.py
 
 ## bench-quick: smaller runs of every benchmark (a few minutes)
 bench-quick: install
@@ -82,11 +83,18 @@ bench-quick: install
 	$(BIN)/python bench/e2e.py --quick
 	$(BIN)/python bench/replicas.py --quick
 	$(BIN)/python bench/history_api.py --quick
+	$(BIN)/python bench/rollout.py --quick
 
 ## demo: a local single-node cluster, the chart installed by Helm from local images, the
 ## sample Configs and their history (needs root: a network device, iptables, cgroups)
 demo: require-root install
 	$(BIN)/python -m etcdconfig.devenv.demo up
+
+## demo-rollout: rollouts on the cluster of `make demo` (its set-up steps first; a running one is
+## reused): a Deployment consuming a versioned Config, a good change rolled out, a bad one rolled
+## back automatically (`python -m etcdconfig.devenv.demo_rollout down` deletes its namespace)
+demo-rollout: require-root install
+	$(BIN)/python -m etcdconfig.devenv.demo_rollout up
 
 .PHONY: require-root
 require-root:
