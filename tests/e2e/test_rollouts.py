@@ -297,7 +297,7 @@ async def test_a_crashing_pod_of_the_version_rolls_back_to_the_last_healthy_one(
     )
     assert (failed.returncode, failed.stdout) == (
         1,
-        f"rollout of {namespace}/web version 2 rolledback: {message}\n",
+        f"rollout of {namespace}/web version 2 rolled back: {message}\n",
     )
     obj = wait_observed(control_plane, namespace, "web", ready=False)
     stalled = next(c for c in obj["status"]["conditions"] if c["type"] == "Stalled")

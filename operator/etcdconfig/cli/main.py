@@ -1130,7 +1130,8 @@ def _rollout_line(ns: str, name: str, head: Any, state: Any, r: dict[str, Any]) 
         return f"rollout of {ref} version {head} succeeded: {targets}"
     if state == "NoConsumers":
         return f"{ref} version {head}: no workload names it in etcdconfig.io/configs"
-    return f"rollout of {ref} version {head} {str(state).lower()}: {r.get('message') or ''}"
+    said = {"RolledBack": "rolled back"}.get(str(state), str(state).lower())
+    return f"rollout of {ref} version {head} {said}: {r.get('message') or ''}"
 
 
 def cmd_version(args: argparse.Namespace) -> int:
