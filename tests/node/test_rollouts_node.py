@@ -15,18 +15,12 @@ from typing import Any
 import yaml
 from tests.node.conftest import Release, wait_for
 
-from etcdconfig.devenv import images
+from etcdconfig.devenv import demo_rollout, images
 
 NS = "shop"
-#: the app: read the config, refuse a bad one (exit 3), else run (and be Ready) forever
-APP = (
-    "import json, sys, time\n"
-    "cfg = json.load(open('/etc/app/config.json'))\n"
-    "if cfg['retries'] > 8:\n"
-    "    print('retries > 8: refusing to start', flush=True); sys.exit(3)\n"
-    "print('running with', cfg, flush=True)\n"
-    "time.sleep(10**9)\n"
-)
+#: the app: read the config, refuse a bad one (exit 3), else run and say it is ready (the
+#: file its readiness probe reads) — the demo's own (make demo-rollout)
+APP = demo_rollout.APP
 
 
 def config(retries: int, cause: str) -> dict[str, Any]:
@@ -69,6 +63,10 @@ def deployment(image: str) -> dict[str, Any]:
                             "image": image,
                             "imagePullPolicy": "Never",
                             "command": ["python", "-c", APP],
+                            # Ready only once the config is accepted: else a pod that
+                            # crashes a second after start counts as Ready in between
+                            # and the rolling update replaces the old pods with it
+                            "readinessProbe": demo_rollout.READINESS_PROBE,
                             "volumeMounts": [{"name": "cfg", "mountPath": "/etc/app"}],
                         }
                     ],
