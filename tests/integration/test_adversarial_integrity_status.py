@@ -396,3 +396,16 @@ async def test_a_violation_whose_patch_lost_the_race_is_written_again(rt: Runtim
     assert [who for who, _ in obj.patches][-2:] == ["other", "resync"]
     assert obj.status["note"] == "newer"
     assert summary(obj) == VIOLATED
+
+
+async def test_a_corrupt_head_is_reported_by_the_scan_although_its_usage_cannot_be_read(
+    rt: Runtime,
+) -> None:
+    """The scan also prunes rollout records and reads the usage index, which needs the
+    head: with the head corrupt that bookkeeping fails, and the violation the scan found
+    must be reported all the same."""
+    obj = await record_two_versions(rt)
+    head_key = Keys(rt.settings.etcd_prefix).head(NS, NAME)
+    await rt.client.put(head_key, b'{"format": 1, "version": "two"')
+    await Resync(rt, Reconciler(rt)).verify_one(obj.get())
+    assert summary(obj) == VIOLATED, summary(obj)

@@ -228,3 +228,18 @@ async def test_an_index_that_would_overflow_etcds_request_limit_is_dropped_not_s
             await client.close()
     finally:
         server.stop()
+
+
+async def test_an_index_for_the_right_head_whose_entries_stop_short_is_measured(
+    env: Any,
+) -> None:
+    """An index that names the head's recordChecksum but not the head's version as its
+    newest entry (written by a faulty writer, or edited) is not the index of that head."""
+    store, locks = env
+    for g in range(1, 4):
+        await store.record(change(g, blob(1)), locks)
+    found = await index(store)
+    assert found is not None
+    short = Sizes(found.entries[:-1], found.head)
+    await store.client.put(store.keys.sizes("prod", "payments"), dump(short.to_json()))
+    assert list((await store.usage("prod", "payments")).entries) == await stored_sizes(store)

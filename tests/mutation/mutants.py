@@ -829,8 +829,8 @@ MUTANTS: tuple[Mutant, ...] = (
         id="M63",
         file="operator/etcdconfig/controller/rollouts.py",
         guard="a rollout's outcome is written over another replica's",
-        original='                [Compare.mod_revision(key, "=", revision)],\n',
-        replacement="                [],\n",
+        original='                [Compare.mod_revision(key, "=", revision), *also],\n',
+        replacement="                [*also],\n",
         tests=(
             "tests/unit/test_adversarial_rollouts_units.py::test_one_record_per_version_and_one_outcome_per_record",
         ),
@@ -839,8 +839,8 @@ MUTANTS: tuple[Mutant, ...] = (
         id="M64",
         file="operator/etcdconfig/controller/rollouts.py",
         guard="a second rollout record is started for one version",
-        original='            [Compare.create_revision(key, "=", 0)],\n',
-        replacement="            [],\n",
+        original='                Compare.create_revision(key, "=", 0),\n',
+        replacement="",
         tests=(
             "tests/unit/test_adversarial_rollouts_units.py::test_one_record_per_version_and_one_outcome_per_record",
         ),
@@ -1021,18 +1021,18 @@ MUTANTS: tuple[Mutant, ...] = (
         id="M82",
         file="operator/etcdconfig/store/store.py",
         guard="a usage index that does not match the head is trusted",
-        original="        if found is not None and found.newest == head.version:\n",
-        replacement="        if found is not None:\n",
+        original="            and found.newest == head.version\n",
+        replacement="",
         tests=(
-            "tests/integration/test_usage.py::test_an_index_that_does_not_match_the_head_is_measured_again",
+            "tests/integration/test_usage.py::test_an_index_for_the_right_head_whose_entries_stop_short_is_measured",
         ),
     ),
     Mutant(
         id="M83",
         file="operator/etcdconfig/store/store.py",
         guard="a Purge leaves its versions in the usage index",
-        original="                remaining = Sizes(tuple(e for e in index.entries if e[0] < low))\n",
-        replacement="                remaining = index\n",
+        original="                    tuple(e for e in index.entries if e[0] < low),\n",
+        replacement="                    index.entries,\n",
         tests=(
             "tests/integration/test_usage.py::test_a_purge_takes_its_versions_out_of_the_index",
         ),
@@ -1135,6 +1135,16 @@ MUTANTS: tuple[Mutant, ...] = (
         replacement="    for namespace, name in [k for k in _config_states if k not in keep]:\n",
         tests=(
             "tests/unit/test_unpinned_gauge.py::test_the_series_of_a_config_no_longer_owned_or_deleted_goes",
+        ),
+    ),
+    Mutant(
+        id="M94",
+        file="operator/etcdconfig/controller/loops.py",
+        guard="the integrity scan's bookkeeping (usage, rollout records) keeps a violation from being reported",
+        original="            self.rt.note_usage(uid, await self.rt.store.usage(ns, name))\n        except EtcdConfigError as exc:\n",
+        replacement="            self.rt.note_usage(uid, await self.rt.store.usage(ns, name))\n        except ZeroDivisionError as exc:\n",
+        tests=(
+            "tests/integration/test_adversarial_integrity_status.py::test_a_corrupt_head_is_reported_by_the_scan_although_its_usage_cannot_be_read",
         ),
     ),
 )

@@ -23,7 +23,14 @@ ETCD = "etcdconfig.local/etcd:v3.6.16"
 
 
 def _sets(args: list[str]) -> dict[str, str]:
-    return dict(a.removeprefix("--set=").split("=", 1) for a in args if a.startswith("--set="))
+    """``--set`` and ``--set-string`` values (image tags are strings even when all digits)."""
+    out = {}
+    for a in args:
+        for flag in ("--set=", "--set-string="):
+            if a.startswith(flag):
+                key, value = a.removeprefix(flag).split("=", 1)
+                out[key] = value
+    return out
 
 
 def test_helm_installs_or_upgrades_the_chart_with_the_local_images_never_pulled() -> None:

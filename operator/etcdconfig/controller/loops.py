@@ -242,13 +242,21 @@ class Resync:
             return
         try:
             problems = await self.rt.store.verify(ns, name)
-            await self.rt.store.prune_rollouts(ns, name)
-            self.rt.note_usage(uid, await self.rt.store.usage(ns, name))
         except EtcdConfigError as exc:
             log.warning(
                 "integrity scan failed", extra={"config": f"{ns}/{name}", "error": str(exc)}
             )
             return
+        # bookkeeping beside the verdict, never in its way: a head the scan just found
+        # corrupt cannot be read for its usage, and the violation must still be reported
+        try:
+            await self.rt.store.prune_rollouts(ns, name)
+            self.rt.note_usage(uid, await self.rt.store.usage(ns, name))
+        except EtcdConfigError as exc:
+            log.info(
+                "integrity scan: usage and rollout records not updated",
+                extra={"config": f"{ns}/{name}", "error": str(exc)},
+            )
         if problems:
             metrics.INTEGRITY_VIOLATIONS.inc(len(problems))
             log.error(
