@@ -425,8 +425,10 @@ def test_near_the_recursion_limit_the_result_is_the_reference_or_a_refusal() -> 
         except RecursionError:
             continue
         # the same as the reference at the same stack depth, or bytes (the correct
-        # ones) where the reference ran out of stack
-        assert got == ref or (got == ("bytes", want) and ref[0] != "bytes")
+        # ones) where the reference ran out of stack; when both run out of stack, where
+        # exactly (and so RecursionError's message) depends on the interpreter's frames
+        both_out = all(o[0] != "bytes" and "recursion" in repr(o).lower() for o in (got, ref))
+        assert got == ref or both_out or (got == ("bytes", want) and ref[0] != "bytes")
 
 
 # --- the fast path is the one taken --------------------------------------------------------
