@@ -128,3 +128,22 @@ def change(
         owner_confirmed=confirmed,
         **kw,
     )
+
+
+def admin_cli(endpoint: str, prefix: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``etcdconfig ARGS`` on the admin path (straight to etcd at ``endpoint`` under
+    ``prefix``), plain output and a wide terminal: what a test parses."""
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "etcdconfig"), *args],
+        env={
+            **os.environ,
+            "ETCDCONFIG_ETCD_ENDPOINTS": endpoint,
+            "ETCDCONFIG_ETCD_PREFIX": prefix,
+            "NO_COLOR": "1",
+            "COLUMNS": "250",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

@@ -19,8 +19,6 @@ import asyncio
 import copy
 import datetime as dt
 import json
-import os
-import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -28,6 +26,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from tests.integration.helpers import admin_cli
 from tests.integration.test_store import change
 
 from etcdconfig.concurrency import ConfigLocks, Session
@@ -596,20 +595,7 @@ async def test_held_retention_of_the_own_uid_prunes_exactly_the_records_below_th
 
 
 def history_cli(etcd: EtcdServer, prefix: str, *args: str) -> str:
-    proc = subprocess.run(
-        [str(BIN / "etcdconfig"), "history", f"{NS}/{NAME}", *args],
-        env={
-            **os.environ,
-            "ETCDCONFIG_ETCD_ENDPOINTS": etcd.endpoint,
-            "ETCDCONFIG_ETCD_PREFIX": prefix,
-            "NO_COLOR": "1",
-            "COLUMNS": "250",
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = admin_cli(etcd.endpoint, prefix, "history", f"{NS}/{NAME}", *args)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 

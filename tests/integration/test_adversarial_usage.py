@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
+from tests.integration.helpers import admin_cli
 from tests.integration.test_store import change
 
 from etcdconfig.concurrency import ConfigLocks, Session
@@ -430,20 +430,7 @@ async def test_held_two_replicas_racing_with_max_bytes_keep_index_and_chain_exac
 
 
 def cli(etcd: EtcdServer, prefix: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "etcdconfig"), *args],
-        env={
-            **os.environ,
-            "ETCDCONFIG_ETCD_ENDPOINTS": etcd.endpoint,
-            "ETCDCONFIG_ETCD_PREFIX": prefix,
-            "NO_COLOR": "1",
-            "COLUMNS": "200",
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return admin_cli(etcd.endpoint, prefix, *args)
 
 
 async def test_held_listers_and_verify_do_not_choke_on_the_index_key(

@@ -5,13 +5,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.integration.helpers import admin_cli
 from tests.integration.test_store import change
 
 from etcdconfig.concurrency import ConfigLocks, Session
@@ -87,20 +86,7 @@ async def test_purge_removes_the_uids_rollout_records_and_retain_keeps_them(env:
 
 
 def history_cli(etcd: EtcdServer, prefix: str, *args: str) -> str:
-    proc = subprocess.run(
-        [str(BIN / "etcdconfig"), "history", "prod/payments", *args],
-        env={
-            **os.environ,
-            "ETCDCONFIG_ETCD_ENDPOINTS": etcd.endpoint,
-            "ETCDCONFIG_ETCD_PREFIX": prefix,
-            "NO_COLOR": "1",
-            "COLUMNS": "250",
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = admin_cli(etcd.endpoint, prefix, "history", "prod/payments", *args)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 

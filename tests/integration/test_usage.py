@@ -6,13 +6,13 @@ head), the index after a Purge, an index that is missing, stale or unreadable
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.integration.helpers import admin_cli
 from tests.integration.test_store import change
 
 from etcdconfig.concurrency import ConfigLocks, Session
@@ -122,20 +122,7 @@ async def test_a_purge_takes_its_versions_out_of_the_index(env: Any) -> None:
 
 
 def usage_cli(etcd: EtcdServer, prefix: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "etcdconfig"), "usage", *args],
-        env={
-            **os.environ,
-            "ETCDCONFIG_ETCD_ENDPOINTS": etcd.endpoint,
-            "ETCDCONFIG_ETCD_PREFIX": prefix,
-            "NO_COLOR": "1",
-            "COLUMNS": "200",
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return admin_cli(etcd.endpoint, prefix, "usage", *args)
 
 
 async def test_usage_lists_each_configs_bytes_and_the_total(
