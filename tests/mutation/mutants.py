@@ -1147,4 +1147,24 @@ MUTANTS: tuple[Mutant, ...] = (
             "tests/integration/test_adversarial_integrity_status.py::test_a_corrupt_head_is_reported_by_the_scan_although_its_usage_cannot_be_read",
         ),
     ),
+    Mutant(
+        id="M95",
+        file="operator/etcdconfig/controller/loops.py",
+        guard="a Config a transiently failed rollout asked to recheck stays skipped while settled",
+        original='        if meta["uid"] in recheck:\n',
+        replacement="        if False:\n",
+        tests=(
+            "tests/unit/test_resync_rounds.py::test_a_config_a_failed_rollout_asks_for_is_reconciled_though_settled",
+        ),
+    ),
+    Mutant(
+        id="M96",
+        file="operator/etcdconfig/controller/rollouts.py",
+        guard="a rollout that failed transiently waits for its Config's full check (up to ten rounds)",
+        original="            self.rt.recheck.add(uid)  # the next resync round reconciles it, settled or not\n",
+        replacement="",
+        tests=(
+            "tests/unit/test_adversarial_rollouts_units.py::test_a_rollout_that_fails_transiently_asks_the_next_resync_round_for_it",
+        ),
+    ),
 )

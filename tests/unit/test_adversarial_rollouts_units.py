@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from etcdconfig.controller import rollouts as ro
+from etcdconfig.errors import EtcdUnavailable
 from etcdconfig.etcd.types import KeyValue, RangeResult, TxnResult
 from etcdconfig.store import Head
 from etcdconfig.store.keys import Keys
@@ -414,3 +415,16 @@ async def test_one_record_per_version_and_one_outcome_per_record() -> None:
     etcd.get = get_then_decided_elsewhere  # type: ignore[method-assign]
     assert await rollouts._finish(NS, NAME, UID, 2, "Succeeded", "late") == ro.DECIDED
     assert state_of(etcd, 2) == "RolledBack"
+
+
+async def test_a_rollout_that_fails_transiently_asks_the_next_resync_round_for_it() -> None:
+    rt, _kube, _etcd, _store = world(2)
+    rollouts = ro.Rollouts(rt)
+
+    async def etcd_away(ns: str, name: str, uid: str) -> float | None:
+        raise EtcdUnavailable("etcd txn failed: connection refused")
+
+    rollouts.roll = etcd_away  # type: ignore[method-assign]
+    await rollouts._after(0, NS, NAME, UID)
+    assert rt.recheck == {UID}
+    await rollouts.close()

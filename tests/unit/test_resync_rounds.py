@@ -257,3 +257,24 @@ async def test_a_config_not_settled_is_reconciled_every_round() -> None:
         reconciler.calls.clear()
         await resync.once()
         assert sorted(reconciler.calls) == ["a", "b"]
+
+
+async def test_a_config_a_failed_rollout_asks_for_is_reconciled_though_settled() -> None:
+    """``Runtime.recheck``: a rollout that failed on a transient error asks the next
+    round for its Config, settled or not, once."""
+    names = [f"c{i}" for i in range(10)]
+    kube = SettledKube(names)
+    reconciler = FakeReconciler({})
+    rt = runtime(kube, FakeStore(set()))
+    rt.settings.resync_full_every = 10
+    rt.recheck = set()
+    resync = Resync(cast("Any", rt), cast("Any", reconciler))
+    await resync.once()  # every Config settles
+    wanted = next(n for n in names if (1 + _spread(f"uid-{n}")) % 10 != 0)  # not due
+    rt.recheck.add(f"uid-{wanted}")
+    reconciler.calls.clear()
+    await resync.once()
+    assert wanted in reconciler.calls and rt.recheck == set()
+    reconciler.calls.clear()
+    await resync.once()
+    assert wanted not in reconciler.calls or (2 + _spread(f"uid-{wanted}")) % 10 == 0
