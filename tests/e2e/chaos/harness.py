@@ -46,6 +46,7 @@ from tests.e2e.operator_env import OperatorProcess, wait_until
 
 from etcdconfig.devenv.controlplane import ControlPlane
 from etcdconfig.etcd import EtcdClient, EtcdSettings, Event, prefix_end
+from etcdconfig.settings import Settings
 from etcdconfig.store import VersionedStore
 
 GROUP_PATH = "/apis/etcdconfig.io/v1alpha1"
@@ -425,12 +426,18 @@ class Fleet:
         ttl: int = 2,
         resync: float = 2.0,
         resync_concurrency: int | None = None,
+        resync_full_every: int | None = 1,
     ) -> None:
+        """``resync_full_every``: 1 by default (every round reconciles every Config: the
+        scenarios time repairs by rounds); None: the product's default, passed explicitly
+        (``OperatorProcess`` sets 1; the last flag wins)."""
         self.plane = plane
         self.prefix = prefix
         env = {}
         if resync_concurrency is not None:
             env["ETCDCONFIG_RESYNC_CONCURRENCY"] = str(resync_concurrency)
+        if resync_full_every is None:
+            resync_full_every = int(Settings.model_fields["resync_full_every"].default)
         self.replicas = [
             ChaosReplica(
                 plane=plane,
@@ -443,9 +450,8 @@ class Fleet:
                     str(ttl),
                     "--resync-interval",
                     str(resync),
-                    # every round reconciles every Config: these tests time repairs by rounds
                     "--resync-full-every",
-                    "1",
+                    str(resync_full_every),
                     "--acquire-timeout",
                     "10",
                 ),
