@@ -91,7 +91,11 @@ def _default_kubeconfig_exists() -> bool:
 
 
 async def load_api_client(
-    kubeconfig: str | None = None, context: str | None = None, *, agent: str = "etcdconfig"
+    kubeconfig: str | None = None,
+    context: str | None = None,
+    *,
+    agent: str = "etcdconfig",
+    connections: int | None = None,
 ) -> k8s.ApiClient:
     """kubeconfig (explicit, $KUBECONFIG, ~/.kube/config) or the in-cluster service account.
 
@@ -99,8 +103,14 @@ async def load_api_client(
     manager of an update without ``fieldManager`` after the agent (the part before the
     ``/``), so what this client writes shows as ``etcdconfig`` in ``managedFields``, not
     as the generated client's default ``OpenAPI-Generator``.
+
+    ``connections`` caps the connections kept open to the API server (the generated
+    client's default is 100: a burst of concurrent requests opens that many TLS
+    connections, each with its handshake and a 256 KiB read buffer).
     """
     cfg = k8s.Configuration()
+    if connections is not None:
+        cfg.connection_pool_maxsize = connections
     path = kubeconfig or os.environ.get("KUBECONFIG")
     if path or _default_kubeconfig_exists():
         await k8s_config.load_kube_config(

@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     # a settled Config (nothing changed since a resync found nothing to do) is reconciled
     # in full only every this many rounds (spread by uid); 1: every round
     resync_full_every: int = Field(default=10, ge=1)
+    # connections each Kubernetes client (kopf's, the operator's own) may keep open to the
+    # API server besides its watch streams: requests beyond it wait for a free one. A bulk
+    # of Configs otherwise opens one TLS connection per Config in flight (each holds a
+    # 256 KiB read buffer and a handshake's CPU on both sides)
+    api_connections: int = Field(default=32, ge=4)
     # etcd's space (controller/space.py): seconds between checks of the database size and
     # alarms, and the share of --quota-backend-bytes at which the operator warns
     space_check_interval: float = Field(default=30.0, gt=0)

@@ -1167,4 +1167,24 @@ MUTANTS: tuple[Mutant, ...] = (
             "tests/unit/test_adversarial_rollouts_units.py::test_a_rollout_that_fails_transiently_asks_the_next_resync_round_for_it",
         ),
     ),
+    Mutant(
+        id="M97",
+        file="operator/etcdconfig/controller/handlers.py",
+        guard="kopf's session is capped: a bulk of Configs does not open a connection per Config",
+        original="connector=aiohttp.TCPConnector(limit=limit, ssl=info.as_ssl_context()),",
+        replacement="connector=aiohttp.TCPConnector(limit=0, ssl=info.as_ssl_context()),",
+        tests=(
+            "tests/e2e/test_api_connections.py::test_a_bulk_of_configs_stays_within_the_connection_cap",
+        ),
+    ),
+    Mutant(
+        id="M98",
+        file="operator/etcdconfig/kube.py",
+        guard="the operator's own Kubernetes client is capped (the generated client allows 100)",
+        original="        cfg.connection_pool_maxsize = connections\n",
+        replacement="        pass\n",
+        tests=(
+            "tests/e2e/test_api_connections.py::test_a_bulk_of_configs_stays_within_the_connection_cap",
+        ),
+    ),
 )

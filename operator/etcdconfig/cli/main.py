@@ -128,6 +128,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         "resync_interval",
         "integrity_interval",
         "resync_full_every",
+        "api_connections",
         "space_check_interval",
         "space_warn_ratio",
         "http_addr",
@@ -1265,6 +1266,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="reconcile a settled, unchanged Config in full only every N resync rounds "
         "(default 10; 1: every round)",
+    )
+    p.add_argument(
+        "--api-connections",
+        dest="api_connections",
+        type=int,
+        help="connections to the Kubernetes API per client, besides watch streams: "
+        "requests beyond them wait (default 32)",
     )
     p.add_argument(
         "--space-check-interval",

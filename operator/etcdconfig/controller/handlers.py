@@ -10,6 +10,7 @@ import logging
 import ssl
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import aiohttp.web
 import kopf
 
@@ -48,7 +49,7 @@ def build_registry(runtime: Runtime, reconciler: Reconciler) -> kopf.OperatorReg
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
-    async def login(**_: Any) -> kopf.ConnectionInfo:
+    async def login(**_: Any) -> kopf.AiohttpSession:
         # the same identity the rest of the operator uses (--kubeconfig/--context or in-cluster)
         cfg = runtime.kube.api.configuration
         header: Any = cfg.get_api_key_with_prefix("BearerToken")
@@ -58,7 +59,7 @@ def build_registry(runtime: Runtime, reconciler: Reconciler) -> kopf.OperatorReg
         scheme, token = (
             (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0] if parts else None)
         )
-        return kopf.ConnectionInfo(
+        info = kopf.ConnectionInfo(
             server=str(cfg.host),
             ca_path=cfg.ssl_ca_cert,
             insecure=not cfg.verify_ssl,
@@ -67,6 +68,19 @@ def build_registry(runtime: Runtime, reconciler: Reconciler) -> kopf.OperatorReg
             certificate_path=cfg.cert_file,
             private_key_path=cfg.key_file,
         )
+        # kopf's own session has no connection limit: a bulk of Configs opened one TLS
+        # connection per Config in flight (hundreds; each a handshake and a 256 KiB read
+        # buffer, the largest share of the operator's memory after a bulk). Capped like
+        # the operator's client; each watch stream holds one connection for as long as
+        # it runs (one per watched namespace, kopf's CRD and namespace observers), so
+        # those come on top and requests can never starve a watch of its connection.
+        streams = max(1, len(runtime.settings.namespaces)) + 4
+        limit = int(getattr(runtime.settings, "api_connections", 32)) + streams
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=limit, ssl=info.as_ssl_context()),
+            headers=info.as_http_headers(),  # kopf adds its User-Agent (field manager "kopf")
+        )
+        return kopf.AiohttpSession(server=info.server, aiohttp_session=session)
 
     def owned(body: kopf.Body, **_: Any) -> bool:
         assert runtime.membership is not None

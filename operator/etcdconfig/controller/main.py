@@ -141,7 +141,9 @@ async def run(settings: Settings) -> None:
         await client.close()
         raise
     try:
-        api = await load_api_client(settings.kubeconfig, settings.context)
+        api = await load_api_client(
+            settings.kubeconfig, settings.context, connections=settings.api_connections
+        )
     except Exception as exc:  # kubeconfig parsing raises many types
         await client.close()
         raise StartupError(f"Kubernetes credentials: {exc}") from exc
