@@ -45,10 +45,10 @@ lint: $(BIN)/.installed
 	$(BIN)/mypy
 
 ## test: every tier (lint, the mutants of every safety guard, unit, integration against real etcd,
-## e2e against a real control plane, the SPIN model)
+## e2e against a real control plane, the SPIN model, the node); e2e runs beside the rest, then
+## the node alone (tests/tiers.py; `python -m tests.tiers --serial` runs them one at a time)
 test: install lint
-	$(BIN)/python -m tests.mutation.run
-	$(BIN)/pytest tests
+	$(BIN)/python -m tests.tiers
 
 test-unit: $(BIN)/.installed
 	$(BIN)/pytest tests/unit
