@@ -667,7 +667,7 @@ class MainHarness:
             harness.runtime = rt
             return rt
 
-        async def load_api_client(*_: Any) -> object:
+        async def load_api_client(*_: Any, **__: Any) -> object:
             return object()
 
         class Runner:
