@@ -15,6 +15,7 @@ when due, covers every Config."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import logging
@@ -109,24 +110,40 @@ class Resync:
         owned = {o["metadata"]["uid"] for o in objs}
         for uid in [u for u in self._settled if u not in owned]:
             del self._settled[uid]
-        # Configs whose current generation was not observed yet (a departed owner's
-        # pending work, a missed event) first; the rest is a consistency sweep
-        objs.sort(key=lambda o: _observed(o))
-        sem = asyncio.Semaphore(self.rt.settings.resync_concurrency)
         integrity_due = (
             time.monotonic() - self._last_integrity >= self.rt.settings.integrity_interval
         )
+        # The skip is decided for every Config before any is reconciled (a reconcile
+        # changes only its own Config's entry in _settled; a recheck asked for during
+        # the round is honoured by the next one). A skipped Config is dropped from the
+        # round at once — unless the integrity scan is due, which covers every Config —
+        # so a round over 10,000 settled Configs holds the few it works on, not all.
+        work: list[tuple[dict[str, Any], bool]] = []
+        for obj in objs:
+            skip = self._skip(obj)
+            if skip:
+                metrics.RESYNC_SKIPPED.inc()
+            if integrity_due or not skip:
+                work.append((obj, skip))
+        del objs
+        # Configs whose current generation was not observed yet (a departed owner's
+        # pending work, a missed event) first; the rest is a consistency sweep
+        work.sort(key=lambda w: _observed(w[0]))
+        queue = collections.deque(work)
+        del work
 
-        async def one(obj: dict[str, Any]) -> None:
-            async with sem:
-                if self._skip(obj):
-                    metrics.RESYNC_SKIPPED.inc()
-                else:
+        async def worker() -> None:
+            # resync_concurrency of these, not a task per Config; an item leaves the
+            # queue (and memory) once done
+            while queue:
+                obj, skip = queue.popleft()
+                if not skip:
                     await self._guarded("reconcile", obj, self.reconcile_finalized)
                 if integrity_due:
                     await self._guarded("integrity", obj, self.verify_one)
 
-        await asyncio.gather(*(one(o) for o in objs))
+        workers = max(1, min(self.rt.settings.resync_concurrency, len(queue)))
+        await asyncio.gather(*(worker() for _ in range(workers)))
         if integrity_due:
             self._last_integrity = time.monotonic()
         self.rounds += 1
