@@ -1187,4 +1187,34 @@ MUTANTS: tuple[Mutant, ...] = (
             "tests/e2e/test_api_connections.py::test_a_bulk_of_configs_stays_within_the_connection_cap",
         ),
     ),
+    Mutant(
+        id="M99",
+        file="operator/etcdconfig/controller/loops.py",
+        guard="a recheck is consumed only when a worker takes its Config up, not by the round's first pass",
+        original="            return False  # the worker that takes it up consumes the recheck (``once``)\n",
+        replacement='            recheck.discard(meta["uid"])\n            return False\n',
+        tests=(
+            "tests/unit/test_review_resync_queue.py::test_review_a_round_cancelled_midway_drops_the_rechecks_it_never_reached",
+        ),
+    ),
+    Mutant(
+        id="M100",
+        file="operator/etcdconfig/controller/loops.py",
+        guard="a cancelled future inside one Config's step is that Config's failure, not its worker's end",
+        original="                if task is None or task.cancelling():\n",
+        replacement="                if True:\n",
+        tests=(
+            "tests/unit/test_review_resync_queue.py::test_a_stray_cancellation_in_one_step_fails_that_config_and_the_round_goes_on",
+        ),
+    ),
+    Mutant(
+        id="M101",
+        file="operator/etcdconfig/controller/loops.py",
+        guard="a round that ends early leaves no worker running beside the next round",
+        original="            for task in workers:\n                task.cancel()\n",
+        replacement="            for task in workers:\n                pass\n",
+        tests=(
+            "tests/unit/test_review_resync_queue.py::test_no_worker_outlives_a_round_that_ends_early",
+        ),
+    ),
 )

@@ -88,8 +88,7 @@ class Resync:
         meta = obj["metadata"]
         recheck: set[str] = getattr(self.rt, "recheck", set())
         if meta["uid"] in recheck:
-            recheck.discard(meta["uid"])
-            return False
+            return False  # the worker that takes it up consumes the recheck (``once``)
         if every <= 1 or self._settled.get(meta["uid"]) != meta.get("resourceVersion"):
             return False
         if not _observed(obj):
@@ -115,9 +114,11 @@ class Resync:
         )
         # The skip is decided for every Config before any is reconciled (a reconcile
         # changes only its own Config's entry in _settled; a recheck asked for during
-        # the round is honoured by the next one). A skipped Config is dropped from the
-        # round at once — unless the integrity scan is due, which covers every Config —
-        # so a round over 10,000 settled Configs holds the few it works on, not all.
+        # the round is honoured by the next one, and one is consumed only when a worker
+        # takes its Config up: a round that ends early leaves the rest for the next).
+        # A skipped Config is dropped from the round at once — unless the integrity
+        # scan is due, which covers every Config — so a round over 10,000 settled
+        # Configs holds the few it works on, not all.
         work: list[tuple[dict[str, Any], bool]] = []
         for obj in objs:
             skip = self._skip(obj)
@@ -132,18 +133,29 @@ class Resync:
         queue = collections.deque(work)
         del work
 
+        recheck: set[str] = getattr(self.rt, "recheck", set())
+
         async def worker() -> None:
             # resync_concurrency of these, not a task per Config; an item leaves the
             # queue (and memory) once done
             while queue:
                 obj, skip = queue.popleft()
                 if not skip:
+                    recheck.discard(obj["metadata"]["uid"])
                     await self._guarded("reconcile", obj, self.reconcile_finalized)
                 if integrity_due:
                     await self._guarded("integrity", obj, self.verify_one)
 
-        workers = max(1, min(self.rt.settings.resync_concurrency, len(queue)))
-        await asyncio.gather(*(worker() for _ in range(workers)))
+        count = max(1, min(self.rt.settings.resync_concurrency, len(queue)))
+        workers = [asyncio.create_task(worker()) for _ in range(count)]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            # a round that ends early (cancelled) leaves no worker behind to overlap
+            # the next round's reconciles
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
         if integrity_due:
             self._last_integrity = time.monotonic()
         self.rounds += 1
@@ -158,7 +170,15 @@ class Resync:
         """Run one step for one Config; any failure (a hold timeout's ``TimeoutError``,
         a lock or Kubernetes error, a bug) is logged and counted, and the round goes on."""
         try:
-            await step(obj)
+            try:
+                await step(obj)
+            except asyncio.CancelledError as cancelled:
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise  # the round itself is being cancelled
+                # a cancelled future awaited inside the step, not a cancellation of
+                # this round: that Config's failure, not the end of its worker
+                raise RuntimeError("cancelled inside the step") from cancelled
         except Exception as exc:
             meta = obj.get("metadata") or {}
             metrics.RESYNC_ERRORS.labels(stage, type(exc).__name__).inc()
