@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 from typing import Annotated, Literal
@@ -16,6 +17,9 @@ def _split(value: object) -> object:
     if isinstance(value, str):
         return [v.strip() for v in value.split(",") if v.strip()]
     return value
+
+
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 class Settings(BaseSettings):
@@ -105,6 +109,22 @@ class Settings(BaseSettings):
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return _split(value)
+
+    @field_validator("namespaces", mode="after")
+    @classmethod
+    def _namespace_names(cls, value: list[str]) -> list[str]:
+        # Names, not patterns: the resync lists each entry as a namespace, and the
+        # connection budget (--api-connections) reserves one watch stream per entry;
+        # kopf would take "team-*" or "!kube-system" as patterns and watch more.
+        for name in value:
+            if not _NAMESPACE.fullmatch(name):
+                raise ValueError(
+                    f"{name!r} is not a namespace name (lowercase letters, "
+                    "digits and '-', at most 63, starting and ending with a letter or "
+                    "digit); patterns such as 'team-*' or '!kube-system' are not "
+                    "supported: list the namespaces, or leave it empty for all"
+                )
+        return list(dict.fromkeys(value))  # each namespace once
 
     def etcd(self) -> EtcdSettings:
         tls = None

@@ -1217,4 +1217,24 @@ MUTANTS: tuple[Mutant, ...] = (
             "tests/unit/test_review_resync_queue.py::test_no_worker_outlives_a_round_that_ends_early",
         ),
     ),
+    Mutant(
+        id="M102",
+        file="operator/etcdconfig/settings.py",
+        guard="--namespaces takes names only: a pattern would open more watch streams than the cap reserves",
+        original="            if not _NAMESPACE.fullmatch(name):\n",
+        replacement="            if False:\n",
+        tests=(
+            "tests/unit/test_api_connections_units.py::test_a_namespace_pattern_or_bad_name_is_refused_with_the_entry",
+        ),
+    ),
+    Mutant(
+        id="M103",
+        file="operator/etcdconfig/controller/handlers.py",
+        guard="kopf's login gives back the same session for unchanged credentials (no endless re-login)",
+        original="        if last is not None and last[0] == info:\n",
+        replacement="        if False:\n",
+        tests=(
+            "tests/unit/test_api_connections_units.py::test_login_caps_kopfs_session_and_returns_it_again_for_the_same_credentials",
+        ),
+    ),
 )

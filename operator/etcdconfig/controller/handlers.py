@@ -48,6 +48,9 @@ def _backoff(retry: int) -> float:
 def build_registry(runtime: Runtime, reconciler: Reconciler) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
+    # the last login's credentials and the session made for them (see the end of login)
+    sessions: dict[str, tuple[kopf.ConnectionInfo, kopf.AiohttpSession]] = {}
+
     @kopf.on.login(registry=registry)
     async def login(**_: Any) -> kopf.AiohttpSession:
         # the same identity the rest of the operator uses (--kubeconfig/--context or in-cluster)
@@ -74,13 +77,22 @@ def build_registry(runtime: Runtime, reconciler: Reconciler) -> kopf.OperatorReg
         # the operator's client; each watch stream holds one connection for as long as
         # it runs (one per watched namespace, kopf's CRD and namespace observers), so
         # those come on top and requests can never starve a watch of its connection.
+        # Unchanged credentials give back the same result: kopf refuses a login equal to
+        # credentials the API server rejected (401) and stops with a LoginError, as it
+        # did with a plain ConnectionInfo; a new session object each time would compare
+        # unequal and make kopf log in again at once, forever, on a revoked identity.
+        last = sessions.get("last")
+        if last is not None and last[0] == info:
+            return last[1]
         streams = max(1, len(runtime.settings.namespaces)) + 4
         limit = int(getattr(runtime.settings, "api_connections", 32)) + streams
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=limit, ssl=info.as_ssl_context()),
             headers=info.as_http_headers(),  # kopf adds its User-Agent (field manager "kopf")
         )
-        return kopf.AiohttpSession(server=info.server, aiohttp_session=session)
+        result = kopf.AiohttpSession(server=info.server, aiohttp_session=session)
+        sessions["last"] = (info, result)
+        return result
 
     def owned(body: kopf.Body, **_: Any) -> bool:
         assert runtime.membership is not None
