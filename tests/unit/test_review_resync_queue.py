@@ -34,6 +34,7 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
+from tests.unit.test_adversarial_resync_units import wait_until
 
 from etcdconfig import metrics
 from etcdconfig.controller.loops import Resync, _spread
@@ -41,15 +42,6 @@ from etcdconfig.controller.supervisor import TEST_FAULT_ENV, Supervisor, TaskSta
 from etcdconfig.store.records import Sizes
 
 EVERY = 10
-
-
-async def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.005)  # poll interval of a deadline-bounded wait
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 async def eventually(predicate: Callable[[], object], timeout: float) -> bool:
