@@ -12,7 +12,7 @@ from tests.integration.helpers import Holder, wait_for
 from etcdconfig.concurrency import ConfigLocks, Mutex, Session
 from etcdconfig.concurrency.locks import lock_prefix
 from etcdconfig.devenv.etcd import EtcdServer
-from etcdconfig.errors import HoldTimeout, LockTimeout
+from etcdconfig.errors import HoldTimeout, LockTimeout, SessionExpired
 from etcdconfig.etcd import EtcdClient, EtcdSettings, prefix_end
 
 
@@ -79,6 +79,30 @@ async def test_acquire_timeout_removes_the_waiter_key_and_names_the_holder(
         assert await _lock_keys(client, prefix) == [holder.key]
         await holder.release()
         assert await _lock_keys(client, prefix) == []
+    await other.close()
+
+
+async def test_a_waiter_gives_up_as_soon_as_its_session_is_lost(
+    client: EtcdClient, prefix: str
+) -> None:
+    """Its waiter key went with the lease, so the lock can never be its: it must not
+    wait on for the holder (30 s by default), holding up a resync round or a handler."""
+    other = EtcdClient(client.settings)
+    async with Session(client, ttl=10) as s1, Session(other, ttl=2) as s2:
+        holder = Mutex(s1, lock_prefix(prefix, "ns", "cfg"), identity="replica-a")
+        await holder.acquire(5)
+        waiter = Mutex(s2, lock_prefix(prefix, "ns", "cfg"), identity="replica-b")
+        task = asyncio.create_task(waiter.acquire(30))
+        await wait_for(lambda: waiter.revision > 0, 5.0, "the waiter queued")
+        await client.revoke(s2.lease_id)
+        await wait_for(s2.done.is_set, 5.0, "the waiter's session noticed the loss")
+        lost_at = time.monotonic()
+        with pytest.raises(SessionExpired):
+            await task
+        assert time.monotonic() - lost_at < 1.0
+        assert not waiter.held
+        assert await _lock_keys(client, prefix) == [holder.key]
+        await holder.release()
     await other.close()
 
 

@@ -1237,4 +1237,15 @@ MUTANTS: tuple[Mutant, ...] = (
             "tests/unit/test_api_connections_units.py::test_login_caps_kopfs_session_and_returns_it_again_for_the_same_credentials",
         ),
     ),
+    Mutant(
+        id="M104",
+        file=MUTEX,
+        guard="a lock waiter gives up as soon as its session is lost (no wait for the holder)",
+        original="            await asyncio.wait((gone, lost), return_when=asyncio.FIRST_COMPLETED)\n",
+        replacement="            await asyncio.wait((gone,), return_when=asyncio.FIRST_COMPLETED)\n",
+        tests=(
+            "tests/integration/test_lock.py::test_a_waiter_gives_up_as_soon_as_its_session_is_lost",
+            "tests/integration/test_adversarial_resync_queue.py::test_review_a_lost_session_keeps_the_round_waiting_for_a_lock_it_can_never_get",
+        ),
+    ),
 )

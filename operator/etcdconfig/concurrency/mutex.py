@@ -136,7 +136,25 @@ class Mutex:
         self.held = True
 
     async def _wait_delete(self, key: bytes, create_revision: int, revision: int) -> None:
-        """Wait until the predecessor's key (as created at ``create_revision``) is gone.
+        """Wait until the predecessor's key is gone, or give up as soon as our session
+        is: our own waiter key went with its lease, so the lock can never be ours, and
+        a waiter that went on waiting for the predecessor (a peer mid-commit, a frozen
+        holder) would hold up its caller — a resync round, a handler — for the whole
+        acquire timeout after the replica has re-joined (``SessionExpired`` instead)."""
+        gone = asyncio.ensure_future(self._watch_delete(key, create_revision, revision))
+        lost = asyncio.ensure_future(self.session.done.wait())
+        try:
+            await asyncio.wait((gone, lost), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (gone, lost):
+                task.cancel()
+            await asyncio.gather(gone, lost, return_exceptions=True)
+        if lost.done() and not lost.cancelled():
+            self.session.check()  # raises SessionExpired
+        gone.result()
+
+    async def _watch_delete(self, key: bytes, create_revision: int, revision: int) -> None:
+        """Until the predecessor's key (as created at ``create_revision``) is gone.
 
         After a compaction the watch cannot resume, so the key is read again: if it
         exists with another create revision, it was deleted and re-created by the same
