@@ -1081,7 +1081,7 @@ MUTANTS: tuple[Mutant, ...] = (
         id="M88",
         file="operator/etcdconfig/store/records.py",
         guard="a usage index claiming records larger than etcd accepts is trusted",
-        original="                or (max_size is not None and pair[1] > max_size)\n",
+        original="                or size > limit\n",
         replacement="",
         tests=(
             "tests/integration/test_usage.py::test_an_index_claiming_records_larger_than_etcd_accepts_is_measured",
@@ -1101,8 +1101,8 @@ MUTANTS: tuple[Mutant, ...] = (
         id="M90",
         file="operator/etcdconfig/store/records.py",
         guard="a deeply nested usage index breaks every commit",
-        original="        except (ValueError, RecursionError, CorruptRecord):\n",
-        replacement="        except (ValueError, CorruptRecord):\n",
+        original="            obj = json.loads(raw)\n        except (ValueError, RecursionError):\n",
+        replacement="            obj = json.loads(raw)\n        except ValueError:\n",
         tests=(
             "tests/integration/test_adversarial_usage.py::test_review_a_deeply_nested_index_breaks_every_commit_of_the_config",
         ),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,6 +11,9 @@ from etcdconfig.canonical import canonical_json, loads, sha256_of
 from etcdconfig.errors import CorruptRecord, UnsupportedFormat
 
 FORMAT = 1
+
+# a str as canonical JSON writes it (the index's head checksum)
+_JSON_STRING = json.JSONEncoder(ensure_ascii=False).encode
 
 
 def record_checksum(record: dict[str, Any]) -> str:
@@ -257,34 +262,47 @@ class Sizes:
             "versions": [[v, size] for v, size in self.entries],
         }
 
+    def raw(self) -> bytes:
+        """The stored bytes: ``dump(self.to_json())`` (canonical JSON), written directly —
+        the index is rewritten by every commit, and holds up to ``maxVersions`` pairs."""
+        versions = ",".join([f"[{v},{size}]" for v, size in self.entries])
+        head = "null" if self.head is None else _JSON_STRING(self.head)
+        return f'{{"format":{FORMAT},"head":{head},"versions":[{versions}]}}'.encode()
+
     @classmethod
     def parse(cls, raw: bytes, max_size: int | None = None) -> Sizes | None:
         """The index, or None when it is not one (then it is measured again): versions
         strictly increasing positive integers, sizes non-negative integers, none over
-        ``max_size`` (etcd's request limit: no record can be larger)."""
+        ``max_size`` (etcd's request limit: no record can be larger). Read on every
+        commit: plain ``json`` (the index holds no data, so no float may hide in an
+        integer) and one pass."""
         try:
-            obj = loads(raw)
-        except (ValueError, RecursionError, CorruptRecord):
+            obj = json.loads(raw)
+        except (ValueError, RecursionError):
             return None
-        if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        if type(obj) is not dict or obj.get("format") != FORMAT:
             return None
         head = obj.get("head")
-        if head is not None and not isinstance(head, str):
+        if head is not None and type(head) is not str:
             return None
         pairs = obj.get("versions")
-        if not isinstance(pairs, list):
+        if type(pairs) is not list:
             return None
+        limit = max_size if max_size is not None else math.inf
         entries: list[tuple[int, int]] = []
+        last = 0
         for pair in pairs:
+            if type(pair) is not list or len(pair) != 2:
+                return None
+            version, size = pair
             if (
-                not isinstance(pair, list)
-                or len(pair) != 2
-                or not all(type(x) is int for x in pair)
-                or pair[0] < 1
-                or pair[1] < 0
-                or (max_size is not None and pair[1] > max_size)
-                or (entries and pair[0] <= entries[-1][0])
+                type(version) is not int
+                or type(size) is not int
+                or version <= last
+                or size < 0
+                or size > limit
             ):
                 return None
-            entries.append((pair[0], pair[1]))
+            last = version
+            entries.append((version, size))
         return cls(tuple(entries), head)

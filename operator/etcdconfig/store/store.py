@@ -455,7 +455,7 @@ class VersionedStore:
                     oldest_kept = max(oldest_kept, v + 1)
                     break
         sizes = Sizes(tuple(e for e in kept if e[0] >= oldest_kept), head=rc)
-        sizes_raw = dump(sizes.to_json())
+        sizes_raw = sizes.raw()
         self._check_size(change, record_raw, head_raw)
         # the index never costs the data its room: one that would push the request over
         # etcd's limit is dropped (the next commit measures the records)
@@ -768,7 +768,7 @@ class VersionedStore:
                     tuple(e for e in index.entries if e[0] < low),
                     head=tomb.record_checksum if tomb is not None else None,
                 )
-                ops.append(Put(sizes_key, dump(remaining.to_json())))
+                ops.append(Put(sizes_key, remaining.raw()))
         ended = Incarnation(
             uid=uid,
             first_version=first
