@@ -18,7 +18,8 @@ namespace with the same number of Configs, untraced: its RSS at the same phases 
 baseline (the ratios ``*_vs_noop``).
 
 Phases: ``idle`` (the operator up, one probe Config) → ``rest`` (N Configs created at
-once, all recorded, the operator idle) → ``resync`` (one full resync round over all N)
+once, all recorded, the operator idle) → ``resync`` (two resync rounds over all N: full
+rounds by default here, the product's steady state with ``--resync-full-every 10``)
 → ``updates`` (``--updates`` patches of the data spread over the N Configs, 20 per
 second) → ``trimmed``.
 
@@ -260,7 +261,13 @@ class Traced:
 def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     n = args.configs
     progress = console.log if not args.json else (lambda *a, **k: None)
-    out: dict[str, Any] = {"configs": n, "frames": args.frames, "phases": {}, "noop": {}}
+    out: dict[str, Any] = {
+        "configs": n,
+        "frames": args.frames,
+        "resync_full_every": args.resync_full_every,
+        "phases": {},
+        "noop": {},
+    }
     with Cluster(progress=progress, keep=args.keep) as c:
         traced = Traced(c.workdir / "memory-bench")
         prefix = f"/etcdconfig-memory-{os.getpid()}"
@@ -286,7 +293,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             resync_interval=args.resync_interval,
             extra=[
                 "--resync-full-every",
-                "1",
+                str(args.resync_full_every),
                 "--log-level",
                 "warning",
                 *(["--api-connections", str(args.api_connections)] if args.api_connections else []),
@@ -409,6 +416,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--top", type=int, default=40, help="allocation sites reported")
     ap.add_argument("--resync-interval", type=float, default=20.0)
+    ap.add_argument(
+        "--resync-full-every",
+        type=int,
+        default=1,
+        help="the operator's --resync-full-every: 1 (default here) makes every round full, "
+        "10 (the product's default) measures the steady state, where a round skips the "
+        "settled Configs whose full check is not due",
+    )
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--json-file")
     ap.add_argument("--keep", action="store_true")

@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
@@ -23,6 +23,9 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from etcdconfig import __version__
 from etcdconfig.errors import EtcdConfigError
 from etcdconfig.models import GROUP, KIND, PLURAL, VERSION
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 log = logging.getLogger(__name__)
 
@@ -170,9 +173,18 @@ class Kube:
 
     async def list_configs(self, namespace: str | None = None) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
+        async for page in self.config_pages(namespace):
+            items.extend(page)
+        return items
+
+    async def config_pages(
+        self, namespace: str | None = None, *, limit: int = 500
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """The Configs (of ``namespace``, or all) a page of ``limit`` at a time, so that a
+        caller keeps only what it needs of each page, not the whole list at once."""
         cont: str | None = None
         while True:
-            kwargs: dict[str, Any] = {"limit": 500}
+            kwargs: dict[str, Any] = {"limit": limit}
             if cont:
                 kwargs["_continue"] = cont
             try:
@@ -186,10 +198,11 @@ class Kube:
                     )
             except ApiException as exc:
                 raise _explain(exc, "list Configs") from exc
-            items.extend(page.get("items", []))
             cont = (page.get("metadata") or {}).get("continue")
+            yield list(page.get("items") or [])
+            del page
             if not cont:
-                return items
+                return
 
     async def patch_status(
         self,

@@ -98,6 +98,12 @@ class ApiKube:
     async def get_config(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.obj.get()
 
+    async def config_pages(
+        self, namespace: str | None = None
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """The listing as one page (the real client pages it)."""
+        yield await self.list_configs(namespace)
+
     async def list_configs(self, namespace: str | None = None) -> list[dict[str, Any]]:
         return [self.obj.get()]
 

@@ -118,6 +118,12 @@ class Kube:
         self.obj = api
         self.api = None
 
+    async def config_pages(
+        self, namespace: str | None = None
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """The listing as one page (the real client pages it)."""
+        yield await self.list_configs(namespace)
+
     async def list_configs(self, namespace: str | None = None) -> list[dict[str, Any]]:
         self.obj.lists += 1
         return [o.get() for o in self.obj.objs.values()]

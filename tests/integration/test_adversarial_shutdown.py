@@ -58,6 +58,12 @@ class FakeKube:
     async def get_config(self, namespace: str, name: str) -> dict[str, Any] | None:
         return {"metadata": {"namespace": namespace, "name": name, "uid": self.uid}}
 
+    async def config_pages(
+        self, namespace: str | None = None
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """The listing as one page (the real client pages it)."""
+        yield await self.list_configs(namespace)
+
     async def list_configs(self, namespace: str | None = None) -> list[dict[str, Any]]:
         return []
 

@@ -1248,4 +1248,34 @@ MUTANTS: tuple[Mutant, ...] = (
             "tests/integration/test_adversarial_resync_queue.py::test_review_a_lost_session_keeps_the_round_waiting_for_a_lock_it_can_never_get",
         ),
     ),
+    Mutant(
+        id="M105",
+        file="operator/etcdconfig/controller/loops.py",
+        guard="the resync listing holds one page at a time, not the one before it too",
+        original="                del page  # not held while the next page is fetched\n",
+        replacement="",
+        tests=(
+            "tests/unit/test_resync_pages.py::test_a_round_over_settled_configs_holds_one_page_not_the_list",
+        ),
+    ),
+    Mutant(
+        id="M106",
+        file="operator/etcdconfig/controller/loops.py",
+        guard="a skipped Config kept for the integrity scan is kept as its name and uid only",
+        original='                    work.append(({"metadata": stub}, True))\n',
+        replacement="                    work.append((obj, True))\n",
+        tests=(
+            "tests/unit/test_resync_pages.py::test_with_the_integrity_scan_due_skipped_configs_are_kept_as_names_only",
+        ),
+    ),
+    Mutant(
+        id="M107",
+        file="operator/etcdconfig/controller/loops.py",
+        guard="a listing that saw the membership change prunes no usage, series or settled state",
+        original="        if self._membership() == members:\n",
+        replacement="        if True:\n",
+        tests=(
+            "tests/integration/test_adversarial_resync_pages.py::test_review_usage_of_a_config_taken_over_between_pages_is_dropped",
+        ),
+    ),
 )

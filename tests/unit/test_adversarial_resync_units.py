@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -55,6 +55,12 @@ class Kube:
             },
             "status": {"observedGeneration": 2},
         }
+
+    async def config_pages(
+        self, namespace: str | None = None
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """The listing as one page (the real client pages it)."""
+        yield await self.list_configs(namespace)
 
     async def list_configs(self, namespace: str | None = None) -> list[dict[str, Any]]:
         self.listing.set()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from etcdconfig import rollout
@@ -86,6 +86,10 @@ class FakeKube:
                 if all((cm["metadata"].get("labels") or {}).get(k) == v for k, v in wanted.items())
             ]
         return copy.deepcopy(self.objects.get(plural, []))
+
+    async def config_pages(self, ns: str | None = None) -> AsyncIterator[list[dict[str, Any]]]:
+        """The listing as one page (the real client pages it)."""
+        yield await self.list_configs(ns)
 
     async def list_configs(self, ns: str | None = None) -> list[dict[str, Any]]:
         return copy.deepcopy(list(self.configs.values()))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -57,6 +57,12 @@ class FakeKube:
         self.patched: list[str] = []
         self.patch_fails_for: set[str] = set()
         self.list_calls = 0
+
+    async def config_pages(
+        self, namespace: str | None = None
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """The listing as one page (the real client pages it)."""
+        yield await self.list_configs(namespace)
 
     async def list_configs(self, namespace: str | None = None) -> list[dict[str, Any]]:
         self.list_calls += 1
@@ -194,6 +200,12 @@ class SettledKube(FakeKube):
     def __init__(self, names: list[str]) -> None:
         super().__init__(names)
         self.versions = dict.fromkeys(names, "7")
+
+    async def config_pages(
+        self, namespace: str | None = None
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """The listing as one page (the real client pages it)."""
+        yield await self.list_configs(namespace)
 
     async def list_configs(self, namespace: str | None = None) -> list[dict[str, Any]]:
         out = []

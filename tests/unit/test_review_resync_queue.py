@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -80,6 +80,12 @@ class Kube:
             },
             "status": {"observedGeneration": self.observed[name]},
         }
+
+    async def config_pages(
+        self, namespace: str | None = None
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """The listing as one page (the real client pages it)."""
+        yield await self.list_configs(namespace)
 
     async def list_configs(self, namespace: str | None = None) -> list[dict[str, Any]]:
         if self.list_failures:

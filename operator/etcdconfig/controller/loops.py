@@ -30,7 +30,7 @@ from etcdconfig.models import FINALIZER
 from etcdconfig.reconcile import parse_spec, status_differs, status_integrity, validate_spec
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     from etcdconfig.controller.runtime import Runtime
 
@@ -47,23 +47,18 @@ class Resync:
         self._settled: dict[str, str] = {}
         self._members: tuple[tuple[str, ...], int] | None = None
 
-    async def owned(self) -> list[dict[str, Any]]:
-        assert self.rt.membership is not None
+    async def _pages(self) -> AsyncIterator[list[dict[str, Any]]]:
         namespaces: list[str | None] = list(self.rt.settings.namespaces) or [None]
-        items: list[dict[str, Any]] = []
         for ns in namespaces:
-            items.extend(await self.rt.kube.list_configs(ns))
-        mine = [
-            o
-            for o in items
-            if self.rt.membership.owns(o["metadata"]["uid"])
-            and not o["metadata"].get("deletionTimestamp")
-        ]
-        metrics.OWNED.set(len(mine))
-        self.rt.keep_usage({o["metadata"]["uid"] for o in mine})
-        # a Config deleted or now owned by another replica: its state series go
-        metrics.retain_configs({(o["metadata"]["namespace"], o["metadata"]["name"]) for o in mine})
-        return mine
+            async for page in self.rt.kube.config_pages(ns):
+                yield page
+                del page  # not held while the next page is fetched
+
+    def _membership(self) -> tuple[tuple[str, ...], int]:
+        membership = self.rt.membership
+        if membership is None:
+            return ((), 0)
+        return (tuple(sorted(membership.members)), int(getattr(membership, "generation", 0)))
 
     async def run(self) -> None:
         """Rounds until cancelled. A failed round (the list of Configs, say) is logged
@@ -96,37 +91,55 @@ class Resync:
         return (self.rounds + _spread(meta["uid"])) % every != 0
 
     async def once(self) -> None:
-        objs = await self.owned()
+        assert self.rt.membership is not None
         membership = self.rt.membership
-        members = (
-            (tuple(sorted(membership.members)), int(getattr(membership, "generation", 0)))
-            if membership
-            else ((), 0)
-        )
+        # the membership the round starts with: a change while it lists (ownership is
+        # decided page by page) makes the next round, which runs at once, full
+        members = self._membership()
         if members != self._members:
             self._settled.clear()  # a hand-over: check everything once
             self._members = members
-        owned = {o["metadata"]["uid"] for o in objs}
-        for uid in [u for u in self._settled if u not in owned]:
-            del self._settled[uid]
         integrity_due = (
             time.monotonic() - self._last_integrity >= self.rt.settings.integrity_interval
         )
-        # The skip is decided for every Config before any is reconciled (a reconcile
-        # changes only its own Config's entry in _settled; a recheck asked for during
-        # the round is honoured by the next one, and one is consumed only when a worker
-        # takes its Config up: a round that ends early leaves the rest for the next).
-        # A skipped Config is dropped from the round at once — unless the integrity
-        # scan is due, which covers every Config — so a round over 10,000 settled
-        # Configs holds the few it works on, not all.
+        # The Configs are listed a page at a time and only what the round works on is
+        # kept: the skip is decided for each Config as its page arrives, before any is
+        # reconciled (a reconcile changes only its own Config's entry in _settled; a
+        # recheck asked for during the round is honoured by the next one, and one is
+        # consumed only when a worker takes its Config up: a round that ends early
+        # leaves the rest for the next). A skipped Config is dropped at once — unless
+        # the integrity scan is due, which covers every Config and needs only its name
+        # and uid (it reads the object afresh) — so a round over 10,000 settled
+        # Configs holds the few it works on, not the list.
         work: list[tuple[dict[str, Any], bool]] = []
-        for obj in objs:
-            skip = self._skip(obj)
-            if skip:
+        owned: set[str] = set()
+        names: set[tuple[str, str]] = set()
+        async for page in self._pages():
+            for obj in page:
+                meta = obj["metadata"]
+                if not membership.owns(meta["uid"]) or meta.get("deletionTimestamp"):
+                    continue
+                owned.add(meta["uid"])
+                names.add((meta["namespace"], meta["name"]))
+                if not self._skip(obj):
+                    work.append((obj, False))
+                    continue
                 metrics.RESYNC_SKIPPED.inc()
-            if integrity_due or not skip:
-                work.append((obj, skip))
-        del objs
+                if integrity_due:
+                    stub = {k: meta[k] for k in ("namespace", "name", "uid")}
+                    work.append(({"metadata": stub}, True))
+            del page
+        if self._membership() == members:
+            metrics.OWNED.set(len(owned))
+            self.rt.keep_usage(owned)
+            # a Config deleted or now owned by another replica: its state series go
+            metrics.retain_configs(names)
+            for uid in [u for u in self._settled if u not in owned]:
+                del self._settled[uid]
+        # else: the pages were judged under different memberships: a Config taken over
+        # after its page was read (and recorded since, its usage noted) is in none, and
+        # must not lose its usage or series; the next round runs at once and prunes
+        del owned, names
         # Configs whose current generation was not observed yet (a departed owner's
         # pending work, a missed event) first; the rest is a consistency sweep
         work.sort(key=lambda w: _observed(w[0]))
