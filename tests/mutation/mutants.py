@@ -1278,4 +1278,20 @@ MUTANTS: tuple[Mutant, ...] = (
             "tests/integration/test_adversarial_resync_pages.py::test_review_usage_of_a_config_taken_over_between_pages_is_dropped",
         ),
     ),
+    Mutant(
+        id="M108",
+        file="operator/etcdconfig/controller/runtime.py",
+        guard="a commit's usage replaces the Config's previous usage in the history sums",
+        original="        self._usage_totals[1] += size - was_size\n",
+        replacement="        self._usage_totals[1] += size\n",
+        tests=("tests/unit/test_usage_totals.py::test_the_sums_follow_every_commit_and_every_round",),
+    ),
+    Mutant(
+        id="M109",
+        file="operator/etcdconfig/metrics.py",
+        guard="etcdconfig_config_state is 1 for the Config's state and 0 for the other four",
+        original="                family.add_metric([namespace, name, s], 1.0 if s == state else 0.0)\n",
+        replacement="                family.add_metric([namespace, name, s], 1.0)\n",
+        tests=("tests/unit/test_consumer_config_state.py",),
+    ),
 )

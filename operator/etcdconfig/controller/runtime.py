@@ -59,23 +59,35 @@ class Runtime:
     # Config uid -> (versions, bytes) the store retains for it, from its last commit or
     # integrity scan: the history gauges are their sums over the Configs this replica owns
     usage: dict[str, tuple[int, int]] = field(default_factory=dict)
+    _usage_totals: list[int] = field(default_factory=lambda: [0, 0])  # sums of usage
     # Config uids the next resync round must reconcile even if settled (a rollout that
     # failed on a transient error: controller/loops.py)
     recheck: set[str] = field(default_factory=set)
 
     def note_usage(self, uid: str, sizes: Sizes) -> None:
-        self.usage[uid] = (len(sizes.entries), sizes.total)
+        """Every commit notes its Config's usage: the gauges' sums are kept by difference
+        (a sum over every Config per commit cost ~1 ms at 10,000 Configs)."""
+        versions, size = len(sizes.entries), sizes.total
+        was_versions, was_size = self.usage.get(uid, (0, 0))
+        self.usage[uid] = (versions, size)
+        self._usage_totals[0] += versions - was_versions
+        self._usage_totals[1] += size - was_size
         self._usage_gauges()
 
     def keep_usage(self, uids: set[str]) -> None:
-        """Forget the usage of Configs this replica no longer owns (deleted, handed over)."""
+        """Forget the usage of Configs this replica no longer owns (deleted, handed over);
+        the sums are recounted here, once a round."""
         for uid in [u for u in self.usage if u not in uids]:
             del self.usage[uid]
+        self._usage_totals = [
+            sum(v for v, _ in self.usage.values()),
+            sum(b for _, b in self.usage.values()),
+        ]
         self._usage_gauges()
 
     def _usage_gauges(self) -> None:
-        metrics.HISTORY_VERSIONS.set(sum(v for v, _ in self.usage.values()))
-        metrics.HISTORY_BYTES.set(sum(b for _, b in self.usage.values()))
+        metrics.HISTORY_VERSIONS.set(self._usage_totals[0])
+        metrics.HISTORY_BYTES.set(self._usage_totals[1])
 
     async def start(self) -> None:
         s = self.settings
