@@ -1284,7 +1284,9 @@ MUTANTS: tuple[Mutant, ...] = (
         guard="a commit's usage replaces the Config's previous usage in the history sums",
         original="        self._usage_totals[1] += size - was_size\n",
         replacement="        self._usage_totals[1] += size\n",
-        tests=("tests/unit/test_usage_totals.py::test_the_sums_follow_every_commit_and_every_round",),
+        tests=(
+            "tests/unit/test_usage_totals.py::test_the_sums_follow_every_commit_and_every_round",
+        ),
     ),
     Mutant(
         id="M109",
@@ -1293,5 +1295,15 @@ MUTANTS: tuple[Mutant, ...] = (
         original="                family.add_metric([namespace, name, s], 1.0 if s == state else 0.0)\n",
         replacement="                family.add_metric([namespace, name, s], 1.0)\n",
         tests=("tests/unit/test_consumer_config_state.py",),
+    ),
+    Mutant(
+        id="M110",
+        file="operator/etcdconfig/kube.py",
+        guard="the operator's client reads proxy settings once, not per request in a thread",
+        original="        connector=connector, trust_env=False, read_bufsize=2**21\n",
+        replacement="        connector=connector, trust_env=True, read_bufsize=2**21\n",
+        tests=(
+            "tests/unit/test_kube_session.py::test_the_session_does_not_consult_the_environment_per_request",
+        ),
     ),
 )
