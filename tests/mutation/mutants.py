@@ -1306,4 +1306,14 @@ MUTANTS: tuple[Mutant, ...] = (
             "tests/unit/test_kube_session.py::test_the_session_does_not_consult_the_environment_per_request",
         ),
     ),
+    Mutant(
+        id="M111",
+        file="operator/etcdconfig/kube.py",
+        guard="an Event the API server refused is reported, though its answer is not parsed",
+        original="                if not 200 <= int(response.status) <= 299:\n",
+        replacement="                if False:\n",
+        tests=(
+            "tests/unit/test_kube_event.py::test_a_refusal_is_logged_with_the_exact_permission",
+        ),
+    ),
 )
