@@ -281,6 +281,7 @@ class Incarnation:
     policy: str  # deletionPolicy: Retain | Purge
     updates: int = 0
     delete_acked: bool = False
+    delete_unknown: bool = False  # a DELETE was sent and its answer lost (it may land late)
 
 
 class Churner:
@@ -350,6 +351,7 @@ class Churner:
             self.deletes += 1
         else:
             self.odd[f"DELETE {status}"] += 1
+            cur.delete_unknown = True
 
     def _run(self) -> None:
         i = 0
@@ -375,6 +377,17 @@ class Churner:
         def settled() -> bool:
             for name in self.names:
                 cur = self.current[name]
+                if cur is not None and cur.delete_unknown:
+                    # a DELETE whose answer was lost (a timeout under load) may still
+                    # land, after any check here: send it again until an answer says
+                    # what happened (409: the uid no longer holds the name)
+                    status = self.api.delete_config(self.namespace, name, cur.uid)
+                    if status not in (200, 202, 404, 409):
+                        return False
+                    cur.delete_acked = status in (200, 202)
+                    self.current[name] = None
+                    self.deletes += 1
+                    cur = None
                 if cur is not None:  # a deletion whose answer was lost may have landed
                     obj = self.api.find_config(self.namespace, name)
                     meta = obj["metadata"] if obj is not None else {}
