@@ -76,6 +76,7 @@ bench: install
 	$(BIN)/python bench/replicas.py
 	$(BIN)/python bench/history_api.py
 	$(BIN)/python bench/rollout.py
+	$(BIN)/python bench/scale.py
 
 ## bench-quick: smaller runs of every benchmark (a few minutes)
 bench-quick: install
@@ -84,6 +85,7 @@ bench-quick: install
 	$(BIN)/python bench/replicas.py --quick
 	$(BIN)/python bench/history_api.py --quick
 	$(BIN)/python bench/rollout.py --quick
+	$(BIN)/python bench/scale.py --quick
 
 ## demo: a local single-node cluster, the chart installed by Helm from local images, the
 ## sample Configs and their history (needs root: a network device, iptables, cgroups)

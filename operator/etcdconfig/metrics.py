@@ -90,6 +90,14 @@ RESYNC_ROUNDS = Counter(
     "Resync rounds completed (each goes over every Config this replica owns).",
     registry=REGISTRY,
 )
+RESYNC_ROUND_SECONDS = Histogram(
+    "etcdconfig_resync_round_duration_seconds",
+    "Time a resync round took, from listing the Configs to the last reconcile and "
+    "integrity check of the round (a round over N owned Configs, most of them settled, "
+    "lists N and reconciles a tenth by default).",
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600),
+    registry=REGISTRY,
+)
 RESYNC_SKIPPED = Counter(
     "etcdconfig_resync_skipped_total",
     "Configs a resync round left alone: settled (a resync reconcile found nothing to "

@@ -290,3 +290,41 @@ async def test_a_config_a_failed_rollout_asks_for_is_reconciled_though_settled()
     reconciler.calls.clear()
     await resync.once()
     assert wanted not in reconciler.calls or (2 + _spread(f"uid-{wanted}")) % 10 == 0
+
+
+async def test_each_round_logs_its_duration_and_counts_and_observes_the_histogram(
+    caplog: Any,
+) -> None:
+    """An operator's user sees what a round over N Configs costs: one line when it starts,
+    one when it is done (seconds, owned, reconciled, skipped, handover, integrity), and
+    ``etcdconfig_resync_round_duration_seconds``."""
+    names = [f"c{i}" for i in range(20)]
+    kube = SettledKube(names)
+    rt = runtime(kube, FakeStore(set()))
+    rt.settings.resync_full_every = 10
+    resync = Resync(cast("Any", rt), cast("Any", FakeReconciler({})))
+    count = "etcdconfig_resync_round_duration_seconds_count"
+    before = metrics.REGISTRY.get_sample_value(count) or 0
+    with caplog.at_level("INFO", logger="etcdconfig.controller.loops"):
+        await resync.once()  # the first round: a hand-over, everything reconciled
+        await resync.once()  # then only the changed and the due
+    done = [r for r in caplog.records if r.getMessage() == "resync round done"]
+    started = [r for r in caplog.records if r.getMessage() == "resync round started"]
+    assert [r.__dict__["round"] for r in started] == [1, 2]
+    assert [r.__dict__["round"] for r in done] == [1, 2]
+    first, second = (r.__dict__ for r in done)
+    assert (first["owned"], first["reconciled"], first["skipped"], first["handover"]) == (
+        20,
+        20,
+        0,
+        True,
+    )
+    due = {n for n in names if (1 + _spread(f"uid-{n}")) % 10 == 0}
+    assert (second["owned"], second["reconciled"], second["skipped"], second["handover"]) == (
+        20,
+        len(due),
+        20 - len(due),
+        False,
+    )
+    assert all(d["seconds"] >= 0 and d["integrity"] is False for d in (first, second))
+    assert (metrics.REGISTRY.get_sample_value(count) or 0) - before == 2

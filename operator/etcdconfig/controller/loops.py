@@ -95,12 +95,18 @@ class Resync:
         membership = self.rt.membership
         # the membership the round starts with: a change while it lists (ownership is
         # decided page by page) makes the next round, which runs at once, full
+        started = time.monotonic()
         members = self._membership()
-        if members != self._members:
+        handover = members != self._members
+        if handover:
             self._settled.clear()  # a hand-over: check everything once
             self._members = members
         integrity_due = (
             time.monotonic() - self._last_integrity >= self.rt.settings.integrity_interval
+        )
+        log.info(
+            "resync round started",
+            extra={"round": self.rounds + 1, "handover": handover, "integrity": integrity_due},
         )
         # The Configs are listed a page at a time and only what the round works on is
         # kept: the skip is decided for each Config as its page arrives, before any is
@@ -139,6 +145,7 @@ class Resync:
         # else: the pages were judged under different memberships: a Config taken over
         # after its page was read (and recorded since, its usage noted) is in none, and
         # must not lose its usage or series; the next round runs at once and prunes
+        n_owned, n_reconciled = len(owned), sum(1 for _, skip in work if not skip)
         del owned, names
         # Configs whose current generation was not observed yet (a departed owner's
         # pending work, a missed event) first; the rest is a consistency sweep
@@ -173,6 +180,20 @@ class Resync:
             self._last_integrity = time.monotonic()
         self.rounds += 1
         metrics.RESYNC_ROUNDS.inc()
+        elapsed = time.monotonic() - started
+        metrics.RESYNC_ROUND_SECONDS.observe(elapsed)
+        log.info(
+            "resync round done",
+            extra={
+                "round": self.rounds,
+                "seconds": round(elapsed, 3),
+                "owned": n_owned,
+                "reconciled": n_reconciled,
+                "skipped": n_owned - n_reconciled,
+                "handover": handover,
+                "integrity": integrity_due,
+            },
+        )
 
     async def _guarded(
         self,
