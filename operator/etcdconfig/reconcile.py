@@ -231,14 +231,18 @@ def head_fields(
     }
 
 
-def _recorded(b: StatusBuilder, generation: int, version: int, recorded_now: bool) -> None:
+def _recorded(b: StatusBuilder, generation: int, version: int, head_generation: int) -> None:
+    """The message depends on the state only (is the head the version this generation
+    recorded?), never on which path got there: the reconcile that committed and a later
+    one that found the version recorded must build the same status, or every Config a
+    watch event recorded would get a status patch from the next resync round."""
     b.set("Valid", True, "Valid", "data satisfies the schema")
     b.set(
         "Recorded",
         True,
         "Recorded",
         f"generation {generation} recorded as version {version}"
-        if recorded_now
+        if head_generation == generation
         else f"generation {generation} is recorded; head is version {version}",
     )
 
@@ -250,14 +254,14 @@ def status_recorded(
     version: int,
     checksum: str | None,
     recorded_at: str,
-    recorded_now: bool,
+    head_generation: int,
     published_to: str | None = None,
 ) -> dict[str, Any]:
     """The generation is recorded (and, with ``published_to``, the head is in that
     ConfigMap: ``Published`` True; without ``spec.publish`` there is no such condition)."""
     b = StatusBuilder(generation, previous)
     b.set("Ready", True, "Recorded", f"version {version} is the head")
-    _recorded(b, generation, version, recorded_now)
+    _recorded(b, generation, version, head_generation)
     if published_to is not None:
         b.set("Published", True, "Published", f"version {version} is in ConfigMap {published_to}")
     b.keep("Intact", (True, "ReadBackVerified", "the head record was read back and verified"))
@@ -352,6 +356,7 @@ def status_not_published(
     version: int,
     checksum: str | None,
     recorded_at: str,
+    head_generation: int,
     reason: str,
     message: str,
     stalled: bool,
@@ -365,7 +370,7 @@ def status_not_published(
     (``Reconciling``). Never put data values in ``message``.
     """
     b = StatusBuilder(generation, previous)
-    _recorded(b, generation, version, recorded_now=False)
+    _recorded(b, generation, version, head_generation)
     b.set("Published", False, reason, message)
     if reason == "IntegrityViolation":
         b.set("Intact", False, reason, message)

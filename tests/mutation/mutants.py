@@ -1316,4 +1316,14 @@ MUTANTS: tuple[Mutant, ...] = (
             "tests/unit/test_kube_event.py::test_a_refusal_is_logged_with_the_exact_permission",
         ),
     ),
+    Mutant(
+        id="M113",
+        file="operator/etcdconfig/controller/reconciler.py",
+        guard="a reconcile that finds the generation recorded builds the status the commit built",
+        original="                    head_generation=mine.generation,\n",
+        replacement="                    head_generation=0,\n",
+        tests=(
+            "tests/integration/test_status_settles.py::test_a_config_its_event_recorded_is_left_alone_by_the_next_round",
+        ),
+    ),
 )

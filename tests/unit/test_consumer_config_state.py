@@ -26,7 +26,7 @@ HEAD = (3, "sha256:" + "a" * 64, "2026-11-29T00:00:00Z")
 
 def recorded() -> dict[str, Any]:
     return status_recorded(
-        2, [], version=3, checksum=HEAD[1], recorded_at=HEAD[2], recorded_now=True
+        2, [], version=3, checksum=HEAD[1], recorded_at=HEAD[2], head_generation=2
     )
 
 
@@ -66,6 +66,7 @@ def clean() -> Iterator[None]:
                 version=3,
                 checksum=HEAD[1],
                 recorded_at=HEAD[2],
+                head_generation=2,
                 reason="ConfigMapNotOwned",
                 message="not ours",
                 stalled=True,
@@ -79,6 +80,7 @@ def clean() -> Iterator[None]:
                 version=3,
                 checksum=HEAD[1],
                 recorded_at=HEAD[2],
+                head_generation=2,
                 reason="KubernetesAPIError",
                 message="timeout",
                 stalled=False,

@@ -83,11 +83,11 @@ def test_rollback_origin_only_for_exactly_the_rolled_back_data() -> None:
 
 def test_conditions_keep_transition_time_while_status_is_unchanged() -> None:
     first = status_recorded(
-        1, [], version=1, checksum="sha256:abcdef0123456789", recorded_at="t", recorded_now=True
+        1, [], version=1, checksum="sha256:abcdef0123456789", recorded_at="t", head_generation=1
     )
     ready = next(c for c in first["conditions"] if c["type"] == "Ready")
     second = status_recorded(
-        2, first["conditions"], version=2, checksum="sha256:ff", recorded_at="t2", recorded_now=True
+        2, first["conditions"], version=2, checksum="sha256:ff", recorded_at="t2", head_generation=2
     )
     ready2 = next(c for c in second["conditions"] if c["type"] == "Ready")
     assert ready2["lastTransitionTime"] == ready["lastTransitionTime"]
@@ -120,7 +120,7 @@ def test_an_integrity_violation_found_by_the_scan_stalls_until_verified_again() 
         version=2,
         checksum="sha256:" + "a" * 64,
         recorded_at="2026-12-07T10:00:00Z",
-        recorded_now=True,
+        head_generation=2,
     )
     broken = status_integrity(recorded, 2, ["version 1: data checksum mismatch"])
     by_type = {c["type"]: c for c in broken["conditions"]}

@@ -120,7 +120,7 @@ def test_complete_means_every_replica_of_the_version_ready_and_no_old_one_left()
 
 def test_a_failed_rollout_stalls_the_status_of_its_version_only() -> None:
     status = status_recorded(
-        3, [], version=7, checksum="sha256:aa", recorded_at="t", recorded_now=False
+        3, [], version=7, checksum="sha256:aa", recorded_at="t", head_generation=2
     )
     failed = with_rollout_failure(status, (7, "version 7 failed: Deployment/web: pod x"))
     conditions = {c["type"]: (c["status"], c["reason"]) for c in failed["conditions"]}

@@ -474,6 +474,7 @@ async def _refused(
         version=head.version,
         checksum=head.checksum,
         recorded_at=head.recorded_at,
+        head_generation=head.generation,
         reason=refusal.reason,
         message=refusal.message,
         stalled=refusal.stalled,

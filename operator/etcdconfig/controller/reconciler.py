@@ -142,7 +142,7 @@ class Reconciler:
                     version=mine.version,
                     checksum=mine.checksum,
                     recorded_at=mine.recorded_at,
-                    recorded_now=False,
+                    head_generation=mine.generation,
                     published_to=published_to,
                 ),
                 failure,
@@ -216,7 +216,7 @@ class Reconciler:
             version=result.version,
             checksum=result.checksum,
             recorded_at=result.head.recorded_at,
-            recorded_now=result.recorded,
+            head_generation=result.head.generation,
             published_to=published_to,
         )
 
