@@ -1326,4 +1326,25 @@ MUTANTS: tuple[Mutant, ...] = (
             "tests/integration/test_status_settles.py::test_a_config_its_event_recorded_is_left_alone_by_the_next_round",
         ),
     ),
+    Mutant(
+        id="M114",
+        file="operator/etcdconfig/controller/runtime.py",
+        guard="a round forgets the integrity verdicts of Configs this replica no longer owns",
+        original="        for uid in [u for u in self.intact if u not in uids]:\n",
+        replacement="        for uid in []:\n",
+        tests=(
+            "tests/unit/test_usage_totals.py::test_a_round_forgets_the_integrity_verdicts_of_configs_no_longer_owned",
+        ),
+    ),
+    Mutant(
+        id="M115",
+        file="operator/etcdconfig/reconcile.py",
+        guard="a verdict is not overlaid on an Intact that another replica changed after it",
+        original="        if changed is not None and changed > int(made_at):\n",
+        replacement="        if False:\n",
+        tests=(
+            "tests/unit/test_reconcile.py::test_a_verdict_is_overlaid_only_on_a_status_whose_intact_did_not_change_after_it",
+            "tests/integration/test_review_status_settles_intact.py",
+        ),
+    ),
 )

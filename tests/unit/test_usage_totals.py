@@ -45,3 +45,15 @@ def test_the_sums_follow_every_commit_and_every_round() -> None:
         float(sum(v for v, _ in rt.usage.values())),
         float(sum(b for _, b in rt.usage.values())),
     )
+
+
+def test_a_round_forgets_the_integrity_verdicts_of_configs_no_longer_owned() -> None:
+    """A verdict is this replica's knowledge of a Config it owns: once the Config is
+    deleted or handed over, keeping it would only grow with every Config ever scanned
+    (and, back after a hand-over, it is older than the other owner's)."""
+    rt = Runtime(settings=cast("Any", None), client=cast("Any", None), kube=cast("Any", None))
+    for uid in ("a", "b", "c"):
+        rt.intact[uid] = {"type": "Intact", "status": "True"}
+        rt.intact_at[uid] = 100.0
+    rt.keep_usage({"a", "c"})
+    assert sorted(rt.intact) == ["a", "c"] and sorted(rt.intact_at) == ["a", "c"]

@@ -310,7 +310,9 @@ class Resync:
         fresh = await self.rt.kube.get_config(ns, name)
         if fresh is None:
             self.rt.intact.pop(uid, None)
+            self.rt.intact_at.pop(uid, None)
             return
+        scanned_at = time.time()  # the verdict is of the store from now on
         try:
             problems = await self.rt.store.verify(ns, name)
         except EtcdConfigError as exc:
@@ -355,17 +357,20 @@ class Resync:
                 # a violation holds whatever was written meanwhile: every later status
                 # of this replica carries it until a scan verifies the store again
                 self.rt.intact[uid] = intact
+                self.rt.intact_at[uid] = scanned_at
             if not status_differs(current, status) or await self.rt.kube.patch_status(
                 ns, name, status, resource_version=fmeta.get("resourceVersion")
             ):
                 if not problems:
                     self.rt.intact[uid] = intact
+                    self.rt.intact_at[uid] = scanned_at
                 return
             if not problems:
                 return  # the status changed since the read: a clean verdict is stale
             fresh = await self.rt.kube.get_config(ns, name)
             if fresh is None:
                 self.rt.intact.pop(uid, None)
+                self.rt.intact_at.pop(uid, None)
                 return
 
 

@@ -49,6 +49,9 @@ class Runtime:
     # status built afterwards carries it (reconcile.with_intact), so a handler whose body
     # was read before the scan cannot erase a violation the scan found
     intact: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # uid -> when that scan started (epoch seconds): a verdict is overlaid only on a
+    # status whose Intact condition did not change after it (reconcile.with_intact)
+    intact_at: dict[str, float] = field(default_factory=dict)
     # the rollouts of recorded versions to consuming workloads (controller/rollouts.py)
     rollouts: Rollouts | None = None
     # Config uid -> (version, message) of a rollout that failed: every status built for
@@ -75,10 +78,13 @@ class Runtime:
         self._usage_gauges()
 
     def keep_usage(self, uids: set[str]) -> None:
-        """Forget the usage of Configs this replica no longer owns (deleted, handed over);
-        the sums are recounted here, once a round."""
+        """Forget the usage and the integrity verdicts of Configs this replica no longer
+        owns (deleted, handed over); the sums are recounted here, once a round."""
         for uid in [u for u in self.usage if u not in uids]:
             del self.usage[uid]
+        for uid in [u for u in self.intact if u not in uids]:
+            del self.intact[uid]
+            self.intact_at.pop(uid, None)
         self._usage_totals = [
             sum(v for v, _ in self.usage.values()),
             sum(b for _, b in self.usage.values()),
