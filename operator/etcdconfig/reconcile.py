@@ -339,41 +339,14 @@ ROLLOUT_FAILED = "RolloutFailed"
 
 
 def with_intact(
-    previous: list[dict[str, Any]],
-    intact: dict[str, Any] | None,
-    made_at: float | None = None,
+    previous: list[dict[str, Any]], intact: dict[str, Any] | None
 ) -> list[dict[str, Any]]:
     """``previous`` conditions with ``Intact`` replaced by ``intact`` (this replica's
-    last integrity-scan verdict, from a scan that started at ``made_at``), so a status
-    built from a body read before the scan carries the scan's verdict instead of
-    erasing it.
-
-    A body whose ``Intact`` changed after that scan started keeps its own: another
-    replica scanned the Config since (it owned the Config while this one did not: a
-    hand-over and back), and its verdict is the newer truth — a violation found after
-    a clean scan of ours, or a repair verified after our violation."""
+    last integrity-scan verdict), so a status built from a body read before the scan
+    carries the scan's verdict instead of erasing it."""
     if intact is None:
         return previous
-    if made_at is not None:
-        mine = next((c for c in previous if c.get("type") == "Intact"), None)
-        changed = _parse_time(mine.get("lastTransitionTime")) if mine else None
-        if changed is not None and changed > int(made_at):
-            return previous
     return [*(c for c in previous if c.get("type") != "Intact"), intact]
-
-
-def _parse_time(value: Any) -> float | None:
-    """Epoch seconds of a condition's RFC 3339 ``lastTransitionTime`` (None: absent or
-    not a time)."""
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        return None
-    return parsed.timestamp()
 
 
 def status_not_published(

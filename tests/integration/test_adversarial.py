@@ -740,7 +740,6 @@ async def test_stale_bodies_after_delete_and_recreate_write_nothing_through_the_
         locks=replica.locks,
         kube=Kube(),
         intact={},
-        intact_at={},
         rollouts=None,
         rollout_failures={},
         recheck=set(),

@@ -91,7 +91,6 @@ async def _replica(client: EtcdClient, prefix: str, rid: str) -> SimpleNamespace
         validator=Validator(),
         settings=SimpleNamespace(etcd_prefix=prefix),
         intact={},
-        intact_at={},
         rollouts=None,
         rollout_failures={},
         recheck=set(),

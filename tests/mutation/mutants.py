@@ -1338,13 +1338,13 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         id="M115",
-        file="operator/etcdconfig/reconcile.py",
-        guard="a verdict is not overlaid on an Intact that another replica changed after it",
-        original="        if changed is not None and changed > int(made_at):\n",
-        replacement="        if False:\n",
+        file="operator/etcdconfig/controller/loops.py",
+        guard="a hand-over round drops this replica's clean integrity verdicts",
+        original='            for uid in [u for u, c in verdicts.items() if c.get("status") != "False"]:\n',
+        replacement="            for uid in []:\n",
         tests=(
-            "tests/unit/test_reconcile.py::test_a_verdict_is_overlaid_only_on_a_status_whose_intact_did_not_change_after_it",
             "tests/integration/test_review_status_settles_intact.py",
+            "tests/integration/test_review_intact_at.py",
         ),
     ),
 )

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-from typing import Any
 
 import pytest
 
@@ -136,26 +134,3 @@ def test_an_integrity_violation_found_by_the_scan_stalls_until_verified_again() 
     by_type = {c["type"]: c for c in repaired["conditions"]}
     assert (by_type["Stalled"]["status"], by_type["Stalled"]["reason"]) == ("False", "Verified")
     assert by_type["Ready"]["status"] == "True"
-
-
-def test_a_verdict_is_overlaid_only_on_a_status_whose_intact_did_not_change_after_it() -> None:
-    from etcdconfig.reconcile import with_intact
-
-    mine = {"type": "Intact", "status": "False", "reason": "IntegrityViolation"}
-    made_at = 1_765_000_000.7  # the scan started (epoch seconds)
-    same_second = "2025-12-06T05:46:40Z"  # int(made_at), as a condition writes it
-    later = "2025-12-06T05:46:41Z"
-    assert dt.datetime.fromisoformat(same_second).timestamp() == int(made_at)
-
-    def body(when: str | None) -> list[dict[str, Any]]:
-        cond: dict[str, Any] = {"type": "Intact", "status": "True", "reason": "Verified"}
-        if when is not None:
-            cond["lastTransitionTime"] = when
-        return [{"type": "Ready", "status": "True"}, cond]
-
-    # read before the scan (or in its second, or without a time): the verdict holds
-    for when in ("2025-12-06T05:40:00Z", same_second, None, "not a time"):
-        assert with_intact(body(when), mine, made_at)[-1] is mine
-    assert with_intact(body(later), mine, None)[-1] is mine  # no time known: as before
-    # changed after the scan started: another replica's newer verdict stands
-    assert with_intact(body(later), mine, made_at) == body(later)

@@ -173,7 +173,6 @@ def setup(
         note_usage=lambda uid, sizes: None,
         recheck=set(),
         intact={},
-        intact_at={},
     )
     return Resync(cast("Any", rt), cast("Any", rec)), rt, kube, rec, store
 

@@ -101,6 +101,13 @@ class Resync:
         if handover:
             self._settled.clear()  # a hand-over: check everything once
             self._members = members
+            # another replica may have owned and scanned any Config since this one's
+            # clean verdicts: they must not override its newer status (a violation it
+            # found). A violation of ours is kept: at worst a false alarm until the
+            # next scan, never a violation hidden
+            verdicts: dict[str, dict[str, Any]] = getattr(self.rt, "intact", {})
+            for uid in [u for u, c in verdicts.items() if c.get("status") != "False"]:
+                del verdicts[uid]
         integrity_due = (
             time.monotonic() - self._last_integrity >= self.rt.settings.integrity_interval
         )
@@ -310,9 +317,7 @@ class Resync:
         fresh = await self.rt.kube.get_config(ns, name)
         if fresh is None:
             self.rt.intact.pop(uid, None)
-            self.rt.intact_at.pop(uid, None)
             return
-        scanned_at = time.time()  # the verdict is of the store from now on
         try:
             problems = await self.rt.store.verify(ns, name)
         except EtcdConfigError as exc:
@@ -357,20 +362,17 @@ class Resync:
                 # a violation holds whatever was written meanwhile: every later status
                 # of this replica carries it until a scan verifies the store again
                 self.rt.intact[uid] = intact
-                self.rt.intact_at[uid] = scanned_at
             if not status_differs(current, status) or await self.rt.kube.patch_status(
                 ns, name, status, resource_version=fmeta.get("resourceVersion")
             ):
                 if not problems:
                     self.rt.intact[uid] = intact
-                    self.rt.intact_at[uid] = scanned_at
                 return
             if not problems:
                 return  # the status changed since the read: a clean verdict is stale
             fresh = await self.rt.kube.get_config(ns, name)
             if fresh is None:
                 self.rt.intact.pop(uid, None)
-                self.rt.intact_at.pop(uid, None)
                 return
 
 

@@ -441,9 +441,7 @@ async def _refused(
     uid = meta["uid"]
     generation = int(meta.get("generation") or 1)
     previous = with_intact(
-        list((body.get("status") or {}).get("conditions") or []),
-        rt.intact.get(uid),
-        rt.intact_at.get(uid),
+        list((body.get("status") or {}).get("conditions") or []), rt.intact.get(uid)
     )
     extra = {
         "config": f"{meta['namespace']}/{meta['name']}",

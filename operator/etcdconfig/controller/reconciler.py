@@ -138,7 +138,7 @@ class Reconciler:
             return with_rollout_failure(
                 status_recorded(
                     generation,
-                    with_intact(previous, rt.intact.get(uid), rt.intact_at.get(uid)),
+                    with_intact(previous, rt.intact.get(uid)),
                     version=mine.version,
                     checksum=mine.checksum,
                     recorded_at=mine.recorded_at,
@@ -212,7 +212,7 @@ class Reconciler:
             rt.rollouts.schedule(body, spec)
         return status_recorded(
             generation,
-            with_intact(previous, rt.intact.get(uid), rt.intact_at.get(uid)),
+            with_intact(previous, rt.intact.get(uid)),
             version=result.version,
             checksum=result.checksum,
             recorded_at=result.head.recorded_at,

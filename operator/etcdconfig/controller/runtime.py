@@ -49,9 +49,6 @@ class Runtime:
     # status built afterwards carries it (reconcile.with_intact), so a handler whose body
     # was read before the scan cannot erase a violation the scan found
     intact: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # uid -> when that scan started (epoch seconds): a verdict is overlaid only on a
-    # status whose Intact condition did not change after it (reconcile.with_intact)
-    intact_at: dict[str, float] = field(default_factory=dict)
     # the rollouts of recorded versions to consuming workloads (controller/rollouts.py)
     rollouts: Rollouts | None = None
     # Config uid -> (version, message) of a rollout that failed: every status built for
@@ -84,7 +81,6 @@ class Runtime:
             del self.usage[uid]
         for uid in [u for u in self.intact if u not in uids]:
             del self.intact[uid]
-            self.intact_at.pop(uid, None)
         self._usage_totals = [
             sum(v for v, _ in self.usage.values()),
             sum(b for _, b in self.usage.values()),
