@@ -60,6 +60,7 @@ def results(soak: bool = False) -> dict[int, dict[str, dict[str, Any]]]:
             "rss_last_mb": 401.0,
             "rss_max_mb": 405.0,
             "slope_mb_per_min": 0.1,
+            "floor_slope_mb_per_min": 0.05,
             "timeline": [[0.0, 400.0]],
         }
     return out
@@ -84,6 +85,7 @@ def test_figures_per_size_ratios_slopes_and_goal_keys() -> None:
     assert f["apply_recorded_p99_ms_10000"] == 30.0
     assert f["resync_reconciles_during_bulk_1000"] == 7
     assert f["soak_rss_slope_mb_per_min"] == 0.1
+    assert f["soak_rss_floor_slope_mb_per_min"] == 0.05
     assert f["apply_recorded_p99_ms_soak"] == 50.0
     goals = scale.goal_results(f, scale.goals_for(p))
     assert set(goals) == {
@@ -93,7 +95,7 @@ def test_figures_per_size_ratios_slopes_and_goal_keys() -> None:
         "apply_recorded_p99_ms_10000",
         "apply_recorded_p99_ms_resync_10000",
         "resync_round_max_s_10000",
-        "soak_rss_slope_mb_per_min",
+        "soak_rss_floor_slope_mb_per_min",
     }
     assert [k for k, g in goals.items() if not g["pass"]] == [
         "rss_ratio_vs_noop_10000",
@@ -115,6 +117,16 @@ def test_the_soak_slope_is_of_the_second_half() -> None:
     assert scale.rss_slope(samples) == pytest.approx(0.0)
     leak = [(t * 60.0, 100.0 + 2 * t) for t in range(11)]
     assert scale.rss_slope(leak) == pytest.approx(2.0)
+
+
+def test_the_soak_floor_ignores_the_peaks_of_each_round() -> None:
+    # flat at 376 MB with a 20 MB peak every minute, the last one near the end: the
+    # plain slope sees growth, the floor sees none
+    samples = [(t * 5.0, 396.0 if t % 12 == 11 else 376.0) for t in range(120)]
+    assert scale.rss_slope(samples) > 0.3
+    assert scale.rss_floor_slope(samples) == pytest.approx(0.0)
+    leak = [(t * 5.0, 376.0 + t * 0.5 / 12 + (20 if t % 12 == 11 else 0)) for t in range(120)]
+    assert scale.rss_floor_slope(leak) == pytest.approx(0.5)
 
 
 def test_round_lines_read_the_operators_json_log(tmp_path: Path) -> None:
